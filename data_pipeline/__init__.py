@@ -1,0 +1,1 @@
+"""Input pipelines (grain / tensorflow-datasets) and the procedural captioned shapes dataset."""

@@ -1,0 +1,1 @@
+"""Import and export of parameters from and to other frameworks."""

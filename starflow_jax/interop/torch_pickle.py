@@ -1,0 +1,90 @@
+"""Reads PyTorch `.pth` / `.pt` state_dicts into numpy without importing torch.
+
+`torch.save` writes a zip archive: `<name>/data.pkl` (a pickle whose tensors refer to storages by
+persistent id) and `<name>/data/<key>` (raw little-endian storage bytes). A restricted unpickler
+rebuilds each tensor as a numpy array from its storage, offset, size and stride, and refuses every
+other global, so loading an untrusted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import zipfile
+
+import ml_dtypes
+import numpy as np
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+_TORCH_DTYPES = {"float32": np.float32, "float": np.float32, "float64": np.float64,
+                 "double": np.float64, "float16": np.float16, "half": np.float16,
+                 "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "long": np.int64,
+                 "int32": np.int32, "int": np.int32, "int16": np.int16, "int8": np.int8,
+                 "uint8": np.uint8, "bool": np.bool_}
+
+
+class _StorageType:
+  def __init__(self, dtype):
+    self.dtype = np.dtype(dtype)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+  if not size:
+    return np.array(storage[storage_offset], copy=True)
+  itemsize = storage.dtype.itemsize
+  view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
+                                         strides=tuple(s * itemsize for s in stride))
+  return np.array(view, copy=True)
+
+
+def _rebuild_parameter(data, *unused):
+  return data
+
+
+class _Unpickler(pickle.Unpickler):
+  def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    super().__init__(file)
+    self._archive = archive
+    self._prefix = prefix
+
+  def find_class(self, module, name):
+    if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
+      return _rebuild_tensor
+    if module == "torch._utils" and name == "_rebuild_parameter":
+      return _rebuild_parameter
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return _StorageType(_STORAGE_DTYPES[name])
+    if module == "torch" and name in _TORCH_DTYPES:
+      return np.dtype(_TORCH_DTYPES[name])
+    if module == "collections" and name == "OrderedDict":
+      return collections.OrderedDict
+    raise pickle.UnpicklingError(
+        f"refusing to load {module}.{name} from a .pth file: only tensors and dicts of tensors "
+        "are supported (save the model's state_dict(), or convert it to .safetensors)")
+
+  def persistent_load(self, pid):
+    kind, storage_type, key, _location, _numel = pid
+    if kind != "storage":
+      raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+    dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else np.dtype(storage_type)
+    raw = self._archive.read(f"{self._prefix}/data/{key}")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def load_torch_state_dict(path: str) -> dict:
+  """Returns the pickled object of a zip-format `torch.save` file with tensors as numpy arrays."""
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path} is not a zip-format torch.save file (legacy pre-1.6 format or not a "
+                     "checkpoint); re-save it with a recent PyTorch or convert it to .safetensors")
+  with zipfile.ZipFile(path) as archive:
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if not pickles:
+      raise ValueError(f"{path}: no data.pkl inside; not a torch.save file")
+    prefix = pickles[0].rsplit("/", 1)[0] if "/" in pickles[0] else ""
+    with archive.open(pickles[0]) as f:
+      return _Unpickler(f, archive, prefix).load()

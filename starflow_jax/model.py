@@ -1,0 +1,203 @@
+"""STARFlow / STARFlow-V: patchify, K-1 shallow flow blocks, one deep flow block, the denoiser.
+
+Forward (data -> noise, training and likelihood):
+  x -> patchify -> shallow_block_0 -> ... -> shallow_block_{K-2} -> u -> deep_block -> z.
+For video with `shallow_block_local`, shallow blocks run on each frame alone ([B*T, N, D]); the
+deep block is one causal sequence over all T*N tokens with the condition prefix. Sampling runs the
+other way (see `decoding` and `jacobi`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from starflow_jax import tokens
+from starflow_jax.config import ModelConfig
+from starflow_jax.denoiser import Denoiser
+from starflow_jax.flow import FlowBlock
+from starflow_jax.rope import TokenGrid
+
+Array = jnp.ndarray
+
+
+@flax.struct.dataclass
+class FlowOutput:
+  """Result of the forward map.
+
+  z: the noise, same layout as the input latents.
+  logdets: per block (deep last), -log(scale) per element in that block's token order:
+    shallow video blocks [B, T, N, D], the deep block and image blocks [B, T*N, D].
+  outputs: token tensors [B, T, N, D]: the patchified input, then the state after each block.
+  """
+
+  z: Array
+  logdets: tuple[Array, ...]
+  outputs: tuple[Array, ...]
+
+
+def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
+  """Shallow block `index` (0-based, applied in this order in the forward map)."""
+  return FlowBlock(
+      token_dim=config.token_dim, width=config.channels, num_layers=config.block_layers[index],
+      head_dim=config.head_dim, order=config.block_permutation(index),
+      pt_seq_len=config.rope_seq_len, rope_layout=config.rope_layout,
+      conditioning=None if config.cond_top_only else config.conditioning,
+      txt_dim=config.txt_dim, num_classes=config.num_classes, soft_clip=config.soft_clip,
+      use_softplus=config.use_softplus, use_final_norm=config.use_final_norm,
+      norm_type=config.norm_type, use_bias=config.use_bias, expansion=config.expansion,
+      dtype=config.dtype, remat=config.remat)
+
+
+def deep_block(config: ModelConfig) -> FlowBlock:
+  """The deep (global, causal across frames, conditioned) block: the last one."""
+  index = config.num_blocks - 1
+  return FlowBlock(
+      token_dim=config.token_dim, width=config.deep_channels, num_layers=config.block_layers[index],
+      head_dim=config.head_dim, order=config.block_permutation(index),
+      pt_seq_len=config.rope_seq_len, rope_layout=config.rope_layout,
+      conditioning=config.conditioning, txt_dim=config.txt_dim, num_classes=config.num_classes,
+      soft_clip=config.soft_clip, use_softplus=config.use_softplus,
+      use_final_norm=config.use_final_norm, norm_type=config.norm_type, use_bias=config.use_bias,
+      expansion=config.expansion, dtype=config.dtype, remat=config.remat)
+
+
+def denoiser(config: ModelConfig) -> Denoiser:
+  return Denoiser(
+      token_dim=config.token_dim, width=config.channels, num_layers=config.denoiser_layers,
+      head_dim=config.head_dim, pt_seq_len=config.rope_seq_len, rope_layout=config.rope_layout,
+      conditioning=config.conditioning if config.conditional_denoiser else None,
+      num_classes=config.num_classes, lookahead=config.temporal_causal,
+      window=config.denoiser_window, use_final_norm=config.use_final_norm,
+      norm_type=config.norm_type, use_bias=config.use_bias, expansion=config.expansion,
+      dtype=config.dtype, remat=config.remat)
+
+
+def shallow_grid(config: ModelConfig, grid: TokenGrid) -> TokenGrid:
+  """Token grid a shallow block sees: one frame when shallow blocks are frame-local."""
+  if config.shallow_block_local:
+    return TokenGrid(1, grid.height, grid.width)
+  return grid
+
+
+def to_shallow_batch(config: ModelConfig, x: Array) -> Array:
+  """Tokens [B, T, N, D] -> the shallow blocks' batch: [B*T, N, D] if local, else [B, T*N, D]."""
+  b, t, n, d = x.shape
+  if config.shallow_block_local:
+    return x.reshape(b * t, n, d)
+  return x.reshape(b, t * n, d)
+
+
+class StarFlow(nn.Module):
+  """The whole model. Latents are channels-last: [B, H, W, C] or [B, T, H, W, C].
+
+  `cond` is text embeddings [B, L, txt_dim], class labels [B] (int; num_classes = null), or None.
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.shallow_block = [shallow_block(cfg, i) for i in range(cfg.num_blocks - 1)]
+    self.deep_block = deep_block(cfg)
+    if cfg.learnable_self_denoiser:
+      self.denoiser = denoiser(cfg)
+
+  def __call__(self, x: Array, cond: Array | None = None) -> FlowOutput:
+    """The forward map data -> noise with every block's log-det (for the loss and likelihood)."""
+    cfg = self.config
+    video, is_image = tokens.as_video(x)
+    x_tok, grid = tokens.patchify(video, cfg.patch_size)  # [B, T, N, D]
+    b, t, n, d = x_tok.shape
+    outputs, logdets = [x_tok], []
+    h = x_tok
+    s_grid = shallow_grid(cfg, grid)
+    shallow_cond = None if cfg.cond_top_only else cond
+    for block in self.shallow_block:
+      h_in = to_shallow_batch(cfg, h)
+      h_out, logdet = block(h_in, s_grid, shallow_cond)
+      h = h_out.reshape(b, t, n, d)
+      if cfg.shallow_block_local and not is_image:
+        logdet = logdet.reshape(b, t, n, d)
+      elif not cfg.shallow_block_local:
+        logdet = logdet.reshape(b, t * n, d)
+      logdets.append(logdet)
+      outputs.append(h)
+    z_tok, logdet = self.deep_block(h.reshape(b, t * n, d), grid, cond)
+    logdets.append(logdet)
+    z_tok = z_tok.reshape(b, t, n, d)
+    outputs.append(z_tok)
+    z = tokens.unpatchify(z_tok, grid, cfg.patch_size)
+    return FlowOutput(z=z[:, 0] if is_image else z, logdets=tuple(logdets), outputs=tuple(outputs))
+
+  def denoise(self, x: Array, cond: Array | None = None) -> Array:
+    """The denoiser network s_phi on noisy latents x (same layout as x): the official
+    `model(x, y, denoiser=True)`. Sampling applies x - step * s_phi(x)."""
+    if not self.config.learnable_self_denoiser:
+      raise ValueError("this model has no denoiser; set learnable_self_denoiser=True in the config")
+    cfg = self.config
+    video, is_image = tokens.as_video(x)
+    x_tok, grid = tokens.patchify(video, cfg.patch_size)
+    b, t, n, d = x_tok.shape
+    out = self.denoiser(x_tok.reshape(b, t * n, d), grid, cond)
+    out = tokens.unpatchify(out.reshape(b, t, n, d), grid, cfg.patch_size)
+    return out[:, 0] if is_image else out
+
+  def init_all(self, x: Array, cond: Array | None = None):
+    """Touches every submodule (flow and denoiser) so `init` creates all parameters."""
+    out = self(x, cond)
+    if self.config.learnable_self_denoiser:
+      self.denoise(x, cond)
+    return out
+
+
+def init_params(config: ModelConfig, rng, batch: int = 1, num_frames: int | None = None):
+  """Initialises all parameters (flow blocks and denoiser) for `config`; returns the params dict.
+
+  Parameter shapes do not depend on the example batch or frame count; init runs compiled.
+  """
+  return nn.unbox(init_variables(config, rng, batch, num_frames)["params"])
+
+
+def init_variables(config: ModelConfig, rng, batch: int = 1, num_frames: int | None = None):
+  """Boxed variables (with logical partitioning metadata) of a freshly initialised model."""
+  x = example_latents(config, batch, num_frames)
+  cond = example_condition(config, batch)
+  return _compiled_init(config)(rng, x, cond)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(config: ModelConfig):
+  return jax.jit(functools.partial(StarFlow(config).init, method=StarFlow.init_all))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def forward(config: ModelConfig, params, x: Array, cond: Array | None = None) -> FlowOutput:
+  """Compiled forward map (data -> noise with log-dets): StarFlow(config).apply."""
+  return StarFlow(config).apply({"params": params}, x, cond)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def denoise(config: ModelConfig, params, x: Array, cond: Array | None = None) -> Array:
+  """Compiled denoiser network s_phi(x)."""
+  return StarFlow(config).apply({"params": params}, x, cond, method=StarFlow.denoise)
+
+
+def example_latents(config: ModelConfig, batch: int = 1, num_frames: int | None = None) -> Array:
+  """Zeros of the training latent shape: [B, T, S, S, C] for video models, else [B, S, S, C]."""
+  side = config.img_size
+  if config.is_video:
+    return jnp.zeros((batch, num_frames or 2, side, side, config.in_channels), jnp.float32)
+  return jnp.zeros((batch, side, side, config.in_channels), jnp.float32)
+
+
+def example_condition(config: ModelConfig, batch: int = 1) -> Array | None:
+  if config.conditioning == "text":
+    return jnp.zeros((batch, config.txt_size, config.txt_dim), jnp.float32)
+  if config.conditioning == "class":
+    return jnp.zeros((batch,), jnp.int32)
+  return None

@@ -1,0 +1,16 @@
+"""Test setup: 8 simulated CPU devices (set before jax is imported) for the sharding tests."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  (after the environment is set)
+
+jax.config.update("jax_threefry_partitionable", True)
+
+from absl import flags  # noqa: E402
+
+# absltest helpers (create_tempdir, ...) read absl flags; pytest never parses them.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,118 @@
+"""Model config validation, official kwargs round trip, likelihood and bits-per-dim."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from starflow_jax import losses, model as model_lib, rope
+from starflow_jax.config import ModelConfig
+from tests import helpers
+
+
+class ConfigTest(absltest.TestCase):
+
+  def test_errors_name_the_field(self):
+    base = dict(in_channels=4, img_size=8, patch_size=2, channels=64, num_blocks=2,
+                layers_per_block=(1, 1), head_dim=32)
+    ModelConfig(**base).validate()
+    cases = [
+        (dict(patch_size=3), "img_size=8 is not divisible by patch_size=3"),
+        (dict(head_dim=48), "channels=64 is not divisible by head_dim=48"),
+        (dict(layers_per_block=(1, 1, 1)), "layers_per_block has 3 entries but num_blocks=2"),
+        (dict(seq_order="X"), "seq_order"),
+        (dict(temporal_causal=1, seq_order="R2L"), "seq_order must be 'L2R'"),
+        (dict(txt_dim=8), "txt_dim=8 needs txt_size > 0"),
+        (dict(cond_top_only=True), "cond_top_only=True needs a condition"),
+        (dict(head_dim=16, txt_size=2, txt_dim=4), "does not fit the 3D RoPE layout"),
+        (dict(layers_per_block=(1, 0)), "deep block"),
+        (dict(compute_dtype="float64"), "compute_dtype"),
+    ]
+    for change, message in cases:
+      with self.assertRaisesRegex(ValueError, message, msg=str(change)):
+        ModelConfig(**{**base, **change}).validate()
+
+  def test_dict_round_trip(self):
+    config = helpers.tiny_video_config()
+    self.assertEqual(ModelConfig.from_dict(config.to_dict()), config)
+    with self.assertRaisesRegex(ValueError, "unknown model config fields"):
+      ModelConfig.from_dict({**config.to_dict(), "nope": 1})
+
+  def test_block_orders(self):
+    config = helpers.tiny_video_config()
+    self.assertEqual([config.block_permutation(i) for i in range(3)],
+                     ["flip_in_frame", "identity", "flip_in_frame"])
+    image = helpers.tiny_image_config(seq_order="R2L")
+    self.assertEqual([image.block_permutation(i) for i in range(3)], ["identity", "flip", "identity"])
+
+
+class RopeTest(absltest.TestCase):
+
+  def test_3d_layout(self):
+    grid = rope.TokenGrid(2, 2, 2)
+    pos = rope.rope_positions(grid, cond_len=4, pt_seq_len=2, layout="3d")
+    self.assertEqual(pos.shape, (4 + 8, 3))
+    np.testing.assert_allclose(pos[:4, 2], [0, 0.5, 1.0, 1.5])  # k / L * pt_seq_len
+    np.testing.assert_allclose(pos[:4, :2], 0)
+    np.testing.assert_allclose(pos[4:8, 2], 0)
+    np.testing.assert_allclose(pos[8:, 2], 1)
+    np.testing.assert_allclose(pos[4:8, 0], [0, 0, 1, 1])  # rows at the training grid are integers
+    freqs = rope.rope_frequencies(64, "3d")
+    self.assertEqual([len(f) for f in freqs], [12, 12, 8])
+    self.assertEqual([len(f) for f in rope.rope_frequencies(64, "2d")], [16, 16])
+    cos, sin = rope.rope_table(grid, 4, 2, 64, "3d")
+    self.assertEqual(cos.shape, (12, 64))
+    np.testing.assert_allclose(cos[:, 0], cos[:, 1])  # one angle per interleaved pair
+
+  def test_rotation_preserves_norm_and_relative_positions(self):
+    grid = rope.TokenGrid(1, 4, 4)
+    cos, sin = rope.rope_table(grid, 0, 4, 32, "2d")
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 1, 32))
+    y = rope.apply_rope(x, jnp.asarray(cos), jnp.asarray(sin))
+    np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, "2D RoPE covers one frame"):
+      rope.rope_positions(rope.TokenGrid(2, 2, 2), 0, 2, "2d")
+
+
+class LikelihoodTest(absltest.TestCase):
+
+  def test_identity_flow_gives_the_gaussian_likelihood(self):
+    config = helpers.tiny_image_config()
+    params = model_lib.init_params(config, jax.random.PRNGKey(0))  # fresh: identity map
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 3))
+    out = model_lib.forward(config, params, x)
+    nll = losses.nll_per_dim(out.z, out.logdets)
+    expected = np.mean(0.5 * np.asarray(x) ** 2 + 0.5 * math.log(2 * math.pi), axis=(1, 2, 3))
+    np.testing.assert_allclose(nll, expected, rtol=1e-6)
+    np.testing.assert_allclose(losses.total_nll(out.z, out.logdets), expected * 48, rtol=1e-6)
+
+  def test_nll_matches_change_of_variables(self):
+    config = helpers.tiny_image_config()
+    params = helpers.random_params(config, std=0.1)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
+    out = model_lib.forward(config, params, x)
+    dims = 48
+    log_prior = -0.5 * jnp.sum(out.z.reshape(2, -1) ** 2, -1) - 0.5 * dims * math.log(2 * math.pi)
+    log_det = sum(jnp.sum(ld.reshape(2, -1), -1) for ld in out.logdets)
+    np.testing.assert_allclose(losses.total_nll(out.z, out.logdets), -(log_prior + log_det), rtol=1e-5)
+    loss = losses.flow_loss(out.z, out.logdets)
+    np.testing.assert_allclose(loss["loss"] + losses.HALF_LOG_2PI,
+                               jnp.mean(losses.nll_per_dim(out.z, out.logdets)), rtol=1e-6)
+
+  def test_bits_per_dim(self):
+    # A uniform density on [-1, 1]^d has nll = log(2) per dim -> exactly 8 bits for 8-bit data.
+    np.testing.assert_allclose(losses.bits_per_dim(jnp.asarray(math.log(2.0))), 8.0, rtol=1e-6)
+    np.testing.assert_allclose(losses.bits_per_dim(jnp.asarray(math.log(2.0)), num_bits=5), 5.0, rtol=1e-6)
+
+  def test_drop_first_frame(self):
+    z = jnp.ones((1, 3, 2, 2, 1)).at[:, 0].set(10.0)
+    logdets = [jnp.zeros((1, 3, 4, 1)).at[:, 0].set(5.0), jnp.zeros((1, 12, 1)).at[:, :4].set(5.0)]
+    loss = losses.flow_loss(z, logdets, drop_first_frame=True)
+    np.testing.assert_allclose(loss["loss_z"], 0.5)
+    np.testing.assert_allclose(loss["loss_logdet"], 0.0)
+
+
+if __name__ == "__main__":
+  absltest.main()

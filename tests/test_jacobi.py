@@ -1,0 +1,79 @@
+"""Block-wise Jacobi decoding: schedule, exact equivalence with sequential decoding at tau = 0."""
+
+import functools
+
+import jax
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from starflow_jax import decoding, jacobi, model as model_lib
+from starflow_jax.jacobi import JacobiOptions
+from starflow_jax.rope import TokenGrid
+from tests import helpers
+
+
+class ScheduleTest(absltest.TestCase):
+
+  def test_official_block_sizes(self):
+    # N = 16 tokens per frame, b = 4: size b while start <= N (so the block at 16 is still b).
+    schedule = jacobi.block_schedule(0, 48, 16, JacobiOptions(block_size=4))
+    self.assertEqual(schedule, [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4), (20, 16), (36, 12)])
+    self.assertEqual(jacobi.group_runs(schedule), [(0, 4, 5), (20, 16, 1), (36, 12, 1)])
+    self.assertEqual(jacobi.group_runs(schedule, max_count=2), [(0, 4, 2), (8, 4, 2), (16, 4, 1),
+                                                                 (20, 16, 1), (36, 12, 1)])
+
+  def test_bad_options(self):
+    with self.assertRaisesRegex(ValueError, "block sizes must be positive"):
+      JacobiOptions(block_size=0)
+    with self.assertRaisesRegex(ValueError, "max_iter"):
+      JacobiOptions(max_iter=0)
+
+
+class EquivalenceTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("video_ours", False, 0, 0.0),
+      ("video_reference", True, 1, 0.0),
+      ("video_guided", False, 0, 1.5),
+  )
+  def test_tau_zero_equals_sequential(self, reference, extra_iters, guidance):
+    config = helpers.tiny_video_config()
+    params = helpers.random_params(config, std=0.1)
+    z = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 4, 4, 2))
+    cond = helpers.random_condition(config, 2)
+    seq = decoding.sample_sequential(config, params, z, cond, guidance=guidance)
+    b = 2  # tokens per frame N = 4: blocks of 2, then 8 (crossing frames)
+    # The official video-aware start needs one more iteration than the block size (see jacobi.py).
+    run = functools.partial(jacobi.sample_jacobi, config, params, z, cond, guidance=guidance,
+                            block_size=b, threshold=0.0, reference_compatible=reference)
+    out = run(max_iter=4 * b + extra_iters)
+    # The iteration has reached its fixed point: more iterations change nothing, bit for bit.
+    np.testing.assert_array_equal(out, run(max_iter=4 * b + 8))
+    # ... which is the sequential solution up to float32 rounding (values here reach ~17; the
+    # sequential decoder itself moves ~7e-6 when only the batch size changes).
+    np.testing.assert_allclose(out, seq, atol=4e-6 * float(np.abs(seq).max()))
+
+  def test_iterations_and_early_stop(self):
+    config = helpers.tiny_image_config()
+    params = helpers.random_params(config, std=0.1)
+    block = model_lib.deep_block(config)
+    grid = TokenGrid(1, 4, 4)
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 16, config.token_dim))
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def run(options):
+      return jacobi.jacobi_inverse(block, params["deep_block"], z, grid, options=options,
+                                   return_iterations=True)
+
+    exact, its = run(JacobiOptions(block_size=4, threshold=0.0, max_iter=4))
+    np.testing.assert_array_equal(its, [4, 4, 4, 4])
+    seq = jax.jit(lambda z: decoding.sequential_inverse(block, params["deep_block"], z, grid))(z)
+    np.testing.assert_allclose(exact, seq, atol=1e-5)
+    loose, its = run(JacobiOptions(block_size=4, threshold=1e-2, max_iter=32))
+    self.assertLess(int(np.sum(its)), 16, its)  # the stop rule ended some blocks early
+    self.assertTrue(np.all(np.asarray(its) >= 1), its)
+    self.assertLess(float(np.abs(loose - seq).max()), 0.5)
+
+
+if __name__ == "__main__":
+  absltest.main()
