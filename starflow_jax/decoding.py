@@ -54,12 +54,14 @@ class DecodeState:
 
 def start_decoding(block: FlowBlock, params, z_perm: Array, grid: TokenGrid, cond: Array | None,
                    guided: bool) -> DecodeState:
-  """Buffer [sos, z] (noise as the initial guess) and a cache holding the condition prefix."""
+  """Buffer [sos, z] (noise as the initial guess) and a cache holding the condition prefix.
+
+  The cache covers `grid` (its frames may be fewer than z's: a sliding window re-bases it)."""
   if guided:
     z_perm = jnp.concatenate([z_perm, z_perm], axis=0)
-  batch, seq, _ = z_perm.shape
+  batch = z_perm.shape[0]
   cond_len = call_block(block, params, FlowBlock.cond_len, cond)
-  cache = call_block(block, params, FlowBlock.init_cache, batch, cond_len + seq)
+  cache = call_block(block, params, FlowBlock.init_cache, batch, cond_len + grid.num_tokens)
   if cond_len:
     cache = call_block(block, params, FlowBlock.prefill_condition, cond, cache, grid)
   sos = call_block(block, params, FlowBlock.start_tokens, batch)
@@ -85,6 +87,24 @@ def write_tokens(buffer: Array, new_tokens: Array, start) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(buffer, new_tokens, start + 1, axis=1)
 
 
+def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, first, count: int,
+                  grid: TokenGrid, cond_len: int, guidance: float) -> DecodeState:
+  """Token-by-token decoding of tokens [first, first + count) in the block's order (a
+  `lax.fori_loop`; `first` may be traced, `count` is static). z_perm: [B, S, D] noise."""
+  z_rows = z_perm.astype(jnp.float32)
+
+  def body(i, state: DecodeState) -> DecodeState:
+    t = first + i
+    inputs = jax.lax.dynamic_slice_in_dim(state.buffer, t, 1, axis=1)  # [B', 1, D]: token t-1
+    scale, shift, cache = affine_params(block, params, inputs, t - state.position_offset,
+                                        state.cache, grid, cond_len, guidance)
+    z_t = jax.lax.dynamic_slice_in_dim(z_rows, t, 1, axis=1)
+    x_t = affine_inverse(z_t, shift, scale)  # [B, 1, D]
+    return state.replace(buffer=write_tokens(state.buffer, x_t, t), cache=cache)
+
+  return jax.lax.fori_loop(0, count, body, state)
+
+
 def sequential_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None = None,
                        guidance: float = 0.0) -> Array:
   """Inverts one flow block token by token: raster noise z [B, S, D] -> raster tokens [B, S, D].
@@ -98,17 +118,7 @@ def sequential_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond
   z_perm = tokens.permute(z, block.order, grid.tokens_per_frame)
   state = start_decoding(block, params, z_perm, grid, cond, guidance > 0)
   cond_len = call_block(block, params, FlowBlock.cond_len, cond)
-  z_rows = z_perm.astype(jnp.float32)  # [B, S, D]
-
-  def body(t, state: DecodeState) -> DecodeState:
-    inputs = jax.lax.dynamic_slice_in_dim(state.buffer, t, 1, axis=1)  # [B', 1, D]: token t-1
-    scale, shift, cache = affine_params(block, params, inputs, t - state.position_offset,
-                                        state.cache, grid, cond_len, guidance)
-    z_t = jax.lax.dynamic_slice_in_dim(z_rows, t, 1, axis=1)
-    x_t = affine_inverse(z_t, shift, scale)  # [B, 1, D]
-    return state.replace(buffer=write_tokens(state.buffer, x_t, t), cache=cache)
-
-  state = jax.lax.fori_loop(0, z.shape[1], body, state)
+  state = decode_tokens(block, params, state, z_perm, 0, z.shape[1], grid, cond_len, guidance)
   x = state.buffer[: z.shape[0], 1:]
   return tokens.unpermute(x, block.order, grid.tokens_per_frame)
 

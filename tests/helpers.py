@@ -54,3 +54,11 @@ def random_condition(config: ModelConfig, batch: int, seed: int = 0):
   if config.conditioning == "class":
     return jnp.arange(batch) % config.num_classes
   return None
+
+
+def golden_video_bundle():
+  """(ModelBundle, text condition) of the official golden video model (tests/golden/video)."""
+  from starflow_jax.checkpoint import ModelBundle
+  from starflow_jax.interop.golden import load_golden
+  golden = load_golden(os.path.join(GOLDEN_DIR, "video"))
+  return ModelBundle(golden.config, golden.params), jnp.asarray(golden.vectors["y"])

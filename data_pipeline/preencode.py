@@ -1,0 +1,140 @@
+"""Encode a dataset once into ArrayRecord latent shards (+ text embeddings) for training at scale.
+
+  python -m data_pipeline.preencode --config=experiments/configs/tiny_video.py \
+      --out_dir=/data/latents/shapes --split=train --num_examples=20000 [--text_model=MODEL_DIR]
+
+Reads `config.data` (any source), clips and resizes as training would (without random
+augmentation), runs `config.autoencoder`'s encoder (compiled, batched) and writes shards of
+`--shard_size` clips plus metadata.json. With --text_model (a model directory holding a trained
+text encoder), captions are stored as embeddings [L, d] and the empty-prompt embedding is saved
+for classifier-free guidance; otherwise the tokens are stored. Train from the result with
+--config.data.source=latents --config.data.latents_dir=DIR. Existing output is never replaced:
+a split already written must be removed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from array_record.python import array_record_module
+from ml_collections import config_flags
+import tqdm
+
+from data_pipeline import latents, pipeline, sources
+from starflow_jax import experiment
+from starflow_jax.autoencoder import build_autoencoder
+from starflow_jax.train import pixels_to_unit
+
+config_flags.DEFINE_config_file("config", None, "experiment config whose data/autoencoder to use")
+flags.DEFINE_string("out_dir", None, "directory for the shards and metadata.json")
+flags.DEFINE_string("split", "train", "split to encode ('train' or 'eval')")
+flags.DEFINE_integer("num_examples", None, "clips to encode (default: the whole split)")
+flags.DEFINE_integer("shard_size", 1000, "clips per ArrayRecord shard")
+flags.DEFINE_integer("batch_size", 32, "clips per encoder call")
+flags.DEFINE_string("text_model", None, "model directory whose built-in text encoder embeds captions")
+FLAGS = flags.FLAGS
+
+
+def preencode(config, out_dir: str, split: str = "train", num_examples: int | None = None,
+              shard_size: int = 1000, batch_size: int = 32, text_model: str | None = None,
+              progress: bool = True) -> dict:
+  """Writes the shards of one split and (re)writes metadata.json; returns the metadata."""
+  existing = latents.shard_paths(out_dir, split)
+  if existing:
+    raise FileExistsError(f"{out_dir} already has {len(existing)} shards of split {split!r}; remove "
+                          "them first (nothing was overwritten)")
+  os.makedirs(out_dir, exist_ok=True)
+  source = sources.build_source(config.data, split)
+  total = min(len(source), num_examples or len(source))
+  if total <= 0:
+    raise ValueError(f"nothing to encode: the {split!r} split is empty")
+  text_config = experiment.text_config(config)
+  tokenizer = text_config.tokenizer if text_config else None
+  options = pipeline.PipelineOptions(batch_size=batch_size, shuffle=False, num_epochs=1,
+                                     drop_remainder=False)
+  keep = ("caption",)
+  dataset = pipeline.build_dataset(source, options,
+                                   sources.element_transforms(config.data, tokenizer, training=False, keep=keep))
+  ae_config = experiment.autoencoder_config(config)
+  autoencoder = build_autoencoder(ae_config)
+  encode = jax.jit(lambda video: autoencoder.encode(None, pixels_to_unit(video, None)))
+  embed = null_embedding = None
+  if text_model:
+    from starflow_jax import checkpoint
+    from starflow_jax.text.encoder import TextEncoder
+    bundle = checkpoint.load_bundle(text_model)
+    if bundle.text_config is None:
+      raise ValueError(f"{text_model} has no built-in text encoder")
+    tokenizer = bundle.text_config.tokenizer
+    encoder = TextEncoder(bundle.text_config)
+    embed = jax.jit(lambda ids: encoder.apply({"params": bundle.text_params}, ids))
+    null_embedding = np.asarray(embed(jnp.asarray(tokenizer.encode_batch([""]))))[0]
+  num_shards = -(-total // shard_size)
+  written, shard, writer = 0, -1, None
+  bar = tqdm.tqdm(total=total, desc=f"encoding {split}", disable=not progress)
+  latent_shape = None
+  try:
+    for batch in dataset:
+      lat = np.asarray(encode(jnp.asarray(batch["video"])))
+      latent_shape = list(lat.shape[1:])
+      emb = None
+      if embed is not None:
+        emb = np.asarray(embed(jnp.asarray(tokenizer.encode_batch([str(c) for c in batch["caption"]]))))
+      for i in range(len(lat)):
+        if written >= total:
+          break
+        if written // shard_size != shard:
+          if writer is not None:
+            writer.close()
+          shard += 1
+          path = os.path.join(out_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.array_record")
+          writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+        record = {"latents": lat[i].astype(np.float32), "caption": str(batch["caption"][i])}
+        if emb is not None:
+          record["text_embeddings"] = emb[i].astype(np.float32)
+        elif "tokens" in batch:
+          record["tokens"] = batch["tokens"][i]
+        if "label" in batch:
+          record["label"] = np.int32(batch["label"][i])
+        writer.write(latents.encode_record(record))
+        written += 1
+        bar.update(1)
+      if written >= total:
+        break
+  finally:
+    if writer is not None:
+      writer.close()
+    bar.close()
+  metadata_path = os.path.join(out_dir, latents.METADATA)
+  metadata = json.load(open(metadata_path)) if os.path.isfile(metadata_path) else {"splits": {}}
+  frames, height, width, channels = sources.example_shape(config.data)
+  metadata.update({
+      "video_shape": [frames, height, width, channels], "latent_shape": latent_shape,
+      "autoencoder": ae_config.to_dict(), "vocabulary": sources.caption_vocabulary(config.data),
+      "text_embeddings": embed is not None, "source": config.data.source})
+  metadata["splits"][split] = written
+  if null_embedding is not None:
+    np.save(os.path.join(out_dir, latents.NULL_EMBEDDING), null_embedding)
+  tmp = metadata_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(metadata, f, indent=1)
+  os.replace(tmp, metadata_path)
+  return metadata
+
+
+def main(argv):
+  del argv
+  metadata = preencode(FLAGS.config, FLAGS.out_dir, FLAGS.split, FLAGS.num_examples,
+                       FLAGS.shard_size, FLAGS.batch_size, FLAGS.text_model)
+  print(f"wrote {metadata['splits'][FLAGS.split]} clips of latents {metadata['latent_shape']} "
+        f"to {FLAGS.out_dir}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "out_dir"])
+  app.run(main)

@@ -1,0 +1,36 @@
+"""Training entry point.
+
+  python -m experiments.main --config=experiments/configs/tiny_video.py --workdir=/tmp/run
+  python -m experiments.main --config=experiments/configs/tiny_video.py:smoke --workdir=/tmp/run \
+      --config.train.num_steps=50 --config.mesh.shape="(2,2,2)"
+
+Any config field can be overridden on the command line (--config.a.b=value). Restarting the
+same command in the same --workdir resumes from the latest checkpoint.
+"""
+
+import logging
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+from experiments.cli import setup_logging
+from starflow_jax import train_loop
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])", lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, samples and the exported model")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup_logging()
+  jax.config.update("jax_threefry_partitionable", True)
+  logging.getLogger("starflow_jax").info("JAX devices: %s", jax.devices())
+  train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

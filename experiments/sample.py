@@ -1,0 +1,170 @@
+"""Sample a trained model to MP4 / GIF / PNG grid.
+
+  python -m experiments.sample --workdir=/tmp/tiny_video --prompt="a red circle moving left" \
+      --num_frames=6 --method=jacobi --guidance=2 --seed=0 --out=video.mp4
+
+  # image-to-video / continuation / video-to-video from the same weights
+  python -m experiments.sample --workdir=... --mode=i2v --input=frame.png --prompt=... --out=i2v.mp4
+  python -m experiments.sample --workdir=... --mode=continue --input=clip.gif --num_frames=12 ...
+  python -m experiments.sample --workdir=... --mode=v2v --input=clip.gif --prompt=... ...
+  # longer than training: the deep block slides its window (default: the training length)
+  python -m experiments.sample --workdir=... --num_frames=36 --prompt=... --out=long.mp4
+
+--workdir is a training workdir (its exported `model/`) or a model directory (e.g. from
+`starflow_jax.interop.convert official-to-jax`). Writes OUT (MP4; GIF if OUT ends in .gif),
+the GIF and a PNG frame grid beside it; with several samples, OUT_0.mp4, OUT_1.mp4, ...
+"""
+
+import logging
+import os
+import sys
+import time
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from experiments.cli import setup_logging
+from starflow_jax import checkpoint, media
+from starflow_jax.jacobi import JacobiOptions
+from starflow_jax.sampling import SamplingOptions, VideoSampler
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "training workdir or model directory")
+flags.DEFINE_multi_string("prompt", [], "caption(s); repeat the flag for several samples")
+flags.DEFINE_integer("num_samples", 1, "samples per prompt")
+flags.DEFINE_integer("num_frames", None, "frames to generate (default: the training clip length)")
+flags.DEFINE_enum("method", None, ["jacobi", "sequential"], "decoding of the flow inverse")
+flags.DEFINE_float("guidance", None, "classifier-free guidance weight (0: none)")
+flags.DEFINE_integer("seed", 0, "noise seed")
+flags.DEFINE_string("out", "video.mp4", "output path (.mp4 or .gif); a .png grid is written beside")
+flags.DEFINE_enum("mode", "t2v", ["t2v", "i2v", "continue", "v2v"], "what --input is used for")
+flags.DEFINE_string("input", None, "image (png/jpg) or clip (gif/mp4/npy) for i2v / continue / v2v")
+flags.DEFINE_integer("input_frames", None, "frames of --input used as the prefix (default: all)")
+flags.DEFINE_integer("window", None, "frames the deep block attends to (default: training length)")
+flags.DEFINE_integer("context", None, "frames kept when the window slides (default window - 1)")
+flags.DEFINE_enum("denoise", "auto", ["auto", "learned", "score", "none"], "final denoising step")
+flags.DEFINE_float("denoise_step", None, "learned denoiser step (default sigma; official 0.3)")
+flags.DEFINE_float("noise_std", None, "training noise sigma (default: from the model directory)")
+flags.DEFINE_integer("jacobi_block_size", None, "Jacobi block size in the first frame (x4 after)")
+flags.DEFINE_float("jacobi_threshold", None, "Jacobi stop threshold tau")
+flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
+flags.DEFINE_integer("fps", 4, "frames per second of the written video")
+
+log = logging.getLogger("starflow_jax.sample")
+
+
+def model_directory(path: str) -> str:
+  if checkpoint.is_model_directory(path):
+    return path
+  exported = os.path.join(path, "model")
+  if checkpoint.is_model_directory(exported):
+    return exported
+  raise ValueError(f"{path} is neither a model directory nor a training workdir with an exported "
+                   "model/ (training exports it at the end; or convert official weights with "
+                   "python -m starflow_jax.interop.convert official-to-jax)")
+
+
+def load_frames(path: str, size: int, max_frames: int | None) -> np.ndarray:
+  """An image or clip as float32 [T, size, size, 3] in [-1, 1] (center crop, resize)."""
+  from PIL import Image
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--input {path} does not exist")
+  if path.endswith(".npy"):
+    frames = np.load(path)
+    if frames.dtype != np.uint8:
+      frames = np.clip((frames + 1) * 127.5, 0, 255).astype(np.uint8)
+  elif path.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp")):
+    frames = np.asarray(Image.open(path).convert("RGB"))[None]
+  else:
+    import imageio.v3 as iio
+    frames = np.asarray(iio.imread(path, index=None))
+    if frames.ndim == 3:
+      frames = frames[None]
+  if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"--input {path}: expected an image or a clip of RGB frames, got shape {frames.shape}")
+  out = []
+  for frame in frames[:max_frames]:
+    image = Image.fromarray(frame[..., :3] if frame.shape[-1] != 1 else frame[..., 0])
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).convert("RGB").resize((size, size), Image.BILINEAR)
+    out.append(np.asarray(image, np.float32) / 127.5 - 1.0)
+  return np.stack(out)
+
+
+def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
+  d = bundle.sampling_defaults
+  pick = lambda flag, key, default: flag if flag is not None else d.get(key, default)
+  return SamplingOptions(
+      method=pick(FLAGS.method, "method", "jacobi"),
+      guidance=float(pick(FLAGS.guidance, "guidance", 0.0)),
+      jacobi=JacobiOptions(block_size=int(pick(FLAGS.jacobi_block_size, "jacobi_block_size", 64)),
+                           threshold=float(pick(FLAGS.jacobi_threshold, "jacobi_threshold", 1e-3)),
+                           max_iter=int(pick(FLAGS.jacobi_max_iter, "jacobi_max_iter", 32))),
+      denoise=FLAGS.denoise, denoise_step=FLAGS.denoise_step,
+      noise_std=float(pick(FLAGS.noise_std, "noise_std", 0.0)),
+      window=FLAGS.window or d.get("num_frames"), context=FLAGS.context)
+
+
+def output_paths(out: str, index: int | None) -> tuple[str, str]:
+  root, ext = os.path.splitext(out)
+  if ext.lower() not in (".mp4", ".gif"):
+    raise ValueError(f"--out {out} must end in .mp4 or .gif")
+  if index is not None:
+    root = f"{root}_{index}"
+  return root + ext.lower(), root + ".gif"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup_logging()
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  bundle = checkpoint.load_bundle(model_directory(FLAGS.workdir))
+  options = sampling_options(bundle)
+  num_frames = FLAGS.num_frames or bundle.sampling_defaults.get("num_frames", 1)
+  prompts = list(FLAGS.prompt) * FLAGS.num_samples
+  if bundle.config.conditioning is not None and not prompts:
+    raise app.UsageError("this model is conditioned: give --prompt (a caption, or a class id)")
+  if FLAGS.mode == "v2v":
+    prompts = [p if p.startswith("(v2v)") else "(v2v) " + p for p in prompts]
+  condition = None
+  if FLAGS.mode != "t2v":
+    if not FLAGS.input:
+      raise app.UsageError(f"--mode={FLAGS.mode} needs --input")
+    from starflow_jax.autoencoder import build_autoencoder
+    pixel_size = bundle.config.img_size * build_autoencoder(bundle.autoencoder_config).spatial_factor
+    max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
+    condition = load_frames(FLAGS.input, pixel_size, max_frames)[None]
+  sampler = VideoSampler(bundle, options)
+  start = time.time()
+  videos = sampler.generate(prompts or None, num_frames, FLAGS.seed, condition_video=condition,
+                            batch_size=FLAGS.num_samples)
+  videos = np.asarray(jax.device_get(videos))
+  if videos.ndim == 4:
+    videos = videos[:, None]
+  log.info("generated %d clip(s) of %d frames in %.1fs (%s, guidance %.2g, denoise %s)",
+           len(videos), videos.shape[1], time.time() - start, options.method, options.guidance,
+           sampler.denoise_mode)
+  written = []
+  for i, video in enumerate(videos):
+    main_path, gif_path = output_paths(FLAGS.out, i if len(videos) > 1 else None)
+    if main_path.endswith(".mp4"):
+      if media.save_mp4(main_path, video, fps=FLAGS.fps):
+        written.append(main_path)
+    written.append(media.save_gif(gif_path, video, fps=FLAGS.fps))
+  grid = os.path.splitext(FLAGS.out)[0] + ".png"
+  written.append(media.save_grid_png(grid, videos, prompts or None))
+  for path in written:
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  try:
+    app.run(main)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,105 @@
+"""From an ml-collections experiment config to typed pieces, validated up front.
+
+An experiment config (experiments/configs/*.py) has sections: model (ModelConfig fields), text
+(the built-in text encoder, or kind 'none'), autoencoder, data, train, mesh, checkpoint, log,
+sample. `validate_experiment` checks them together before anything is compiled, and every error
+names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import jax
+
+from data_pipeline import sources
+from starflow_jax import sharding
+from starflow_jax.autoencoder import AutoencoderConfig, build_autoencoder
+from starflow_jax.config import ModelConfig
+from starflow_jax.text.encoder import TextEncoderConfig
+from starflow_jax.text.tokenizer import Tokenizer
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  values = config.model.to_dict()
+  if "layers_per_block" in values:
+    values["layers_per_block"] = tuple(values["layers_per_block"])
+  try:
+    return ModelConfig(**values).validate()
+  except TypeError as e:
+    raise ValueError(f"config.model: {e}; see starflow_jax/config.py for the fields") from e
+  except ValueError as e:
+    raise ValueError(f"config.model: {e}") from e
+
+
+def text_config(config: ml_collections.ConfigDict) -> TextEncoderConfig | None:
+  """The built-in text encoder's config, or None when the data carries embeddings (kind 'none')."""
+  text = config.text
+  if text.kind == "none":
+    return None
+  if text.kind not in ("words", "bytes"):
+    raise ValueError(f"config.text.kind={text.kind!r} must be 'words', 'bytes' or 'none'")
+  vocabulary = tuple(text.get("vocabulary", ())) or tuple(sources.caption_vocabulary(config.data))
+  tokenizer = Tokenizer(text.kind, vocabulary, config.model.txt_size)
+  return TextEncoderConfig(tokenizer=tokenizer, width=text.width, num_layers=text.num_layers,
+                           head_dim=text.head_dim, output_dim=config.model.txt_dim,
+                           compute_dtype=config.model.get("compute_dtype", "float32")).validate()
+
+
+def autoencoder_config(config: ml_collections.ConfigDict) -> AutoencoderConfig:
+  return AutoencoderConfig(**config.autoencoder.to_dict())
+
+
+def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Checks the whole experiment config; raises ValueError naming the field and the fix."""
+  model = model_config(config)
+  train = config.train
+  if num_devices is None:
+    num_devices = jax.device_count()
+  mesh_shape = sharding.mesh_shape_for(tuple(config.mesh.shape), num_devices)
+  dp = mesh_shape[0] * mesh_shape[1]
+  if train.batch_size % dp:
+    raise ValueError(f"config.train.batch_size={train.batch_size} is not divisible by the data-parallel "
+                     f"size {dp} (mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
+  if train.batch_size % jax.process_count():
+    raise ValueError(f"config.train.batch_size={train.batch_size} must split evenly over "
+                     f"{jax.process_count()} hosts")
+  if train.num_steps <= 0:
+    raise ValueError(f"config.train.num_steps={train.num_steps} must be positive")
+  if not 0 <= train.drop_label < 1 or not 0 <= train.drop_first_frame < 1:
+    raise ValueError("config.train.drop_label and drop_first_frame are probabilities in [0, 1)")
+  if train.noise_std < 0:
+    raise ValueError(f"config.train.noise_std={train.noise_std} must be >= 0")
+  if train.flow_score_matching and not model.learnable_self_denoiser:
+    raise ValueError("config.train.flow_score_matching=True needs config.model.learnable_self_denoiser=True")
+  if train.flow_score_matching and train.noise_std <= 0:
+    raise ValueError("flow-score matching learns sigma * score: set config.train.noise_std > 0")
+  if train.warmup_steps >= train.num_steps:
+    raise ValueError(f"config.train.warmup_steps={train.warmup_steps} must be < num_steps={train.num_steps}")
+  text = text_config(config)
+  if model.conditioning == "text" and text is None and not sources.provides_embeddings(config.data):
+    raise ValueError("the model is text-conditioned (model.txt_dim > 0) but config.text.kind='none' and "
+                     "the data source provides no text embeddings; use a built-in text encoder "
+                     "(text.kind='words') or pre-encoded data with embeddings")
+  if text is not None and model.conditioning != "text":
+    raise ValueError("config.text is set but the model has no text condition; set model.txt_size and "
+                     "model.txt_dim, or text.kind='none'")
+  ae = build_autoencoder(autoencoder_config(config))
+  frames, height, width, channels = sources.example_shape(config.data)
+  lat_h, lat_w = height // ae.spatial_factor, width // ae.spatial_factor
+  if height % ae.spatial_factor or width % ae.spatial_factor:
+    raise ValueError(f"data frames {height}x{width} are not divisible by the autoencoder's spatial "
+                     f"factor {ae.spatial_factor}")
+  if lat_h % model.patch_size or lat_w % model.patch_size:
+    raise ValueError(f"latent frames {lat_h}x{lat_w} are not divisible by model.patch_size="
+                     f"{model.patch_size}; change the data size or the patch size")
+  if max(lat_h, lat_w) != model.img_size:
+    raise ValueError(f"model.img_size={model.img_size} but the data's latent frames are {lat_h}x{lat_w}; "
+                     f"set model.img_size={max(lat_h, lat_w)}")
+  if ae.latent_channels(channels) != model.in_channels:
+    raise ValueError(f"model.in_channels={model.in_channels} but the latents have "
+                     f"{ae.latent_channels(channels)} channels; set model.in_channels accordingly")
+  if model.is_video and train.drop_first_frame > 0 and frames < 2:
+    raise ValueError("drop_first_frame needs clips of at least 2 frames")
+  if not model.is_video and frames != 1:
+    raise ValueError(f"the data has {frames} frames but the model is an image model "
+                     "(temporal_causal=0); set model.temporal_causal=1 for video")

@@ -1,0 +1,407 @@
+"""The sampling pipeline: text -> noise -> deep block -> shallow blocks -> denoiser -> pixels.
+
+`VideoSampler.generate` runs, for a batch of prompts:
+  1. the deep block's inverse frame by frame from a host loop; each call is one compiled `lax`
+     loop over a run of Jacobi blocks or tokens with a dynamic start, so nothing recompiles per
+     frame or per window. Classifier-free guidance doubles the batch inside. Conditioning frames
+     (image-to-video, continuation, video-to-video) are run forward first to fill the KV cache.
+     Videos longer than the window slide it, re-encoding the last `context` frames (positions
+     restart), as the official sampler does.
+  2. the shallow blocks' inverses, one frame at a time as soon as the deep block has finished it
+     (frame-local shallow blocks; pipelined), or on the whole clip otherwise;
+  3. the denoiser: the learned flow-score-matching network, x - step * s(x) (step = sigma, the
+     Tweedie step, by default; the official sampler uses 0.3), or the flow's own score
+     x + sigma^2 grad log p(x), or none; windowed with overlap for long videos;
+  4. the autoencoder's decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from starflow_jax import decoding, jacobi, losses, model as model_lib, tokens
+from starflow_jax.autoencoder import build_autoencoder
+from starflow_jax.checkpoint import ModelBundle
+from starflow_jax.decoding import DecodeState
+from starflow_jax.flow import FlowBlock
+from starflow_jax.jacobi import JacobiOptions
+from starflow_jax.model import StarFlow
+from starflow_jax.rope import TokenGrid
+from starflow_jax.text.encoder import TextEncoder
+
+Array = jnp.ndarray
+OFFICIAL_DENOISE_STEP = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """How to sample. `window` frames is the longest clip the deep block attends to (default: the
+  whole video); longer videos slide it with `context` frames of context (default window - 1)."""
+
+  method: str = "jacobi"
+  guidance: float = 0.0
+  jacobi: JacobiOptions = JacobiOptions()
+  denoise: str = "auto"  # 'learned', 'score', 'none', or 'auto' (learned when the model has one)
+  denoise_step: float | None = None  # None: sigma (Tweedie); the official sampler uses 0.3
+  noise_std: float = 0.0  # the training sigma: noise of conditioning frames, denoising strength
+  window: int | None = None
+  context: int | None = None
+  temperature: float = 1.0  # noise z ~ N(0, temperature^2): < 1 trades diversity for cleaner samples
+  progress: bool = True
+
+  def validate(self) -> "SamplingOptions":
+    if self.method not in ("jacobi", "sequential"):
+      raise ValueError(f"method={self.method!r} must be 'jacobi' or 'sequential'")
+    if self.denoise not in ("auto", "learned", "score", "none"):
+      raise ValueError(f"denoise={self.denoise!r} must be 'auto', 'learned', 'score' or 'none'")
+    if self.guidance < 0:
+      raise ValueError(f"guidance={self.guidance} must be >= 0")
+    if self.temperature <= 0:
+      raise ValueError(f"temperature={self.temperature} must be > 0")
+    if self.window is not None and self.window < 1:
+      raise ValueError(f"window={self.window} must be >= 1 frame")
+    if self.context is not None and self.window is not None and not 0 < self.context < self.window:
+      raise ValueError(f"context={self.context} must be in [1, window={self.window})")
+    return self
+
+
+class VideoSampler:
+  """Samples a trained model (a `ModelBundle` read from a model directory)."""
+
+  def __init__(self, bundle: ModelBundle, options: SamplingOptions = SamplingOptions()):
+    self.bundle = bundle
+    self.config = bundle.config
+    self.params = bundle.params
+    self.options = options.validate()
+    self.autoencoder = build_autoencoder(bundle.autoencoder_config)
+    self.model = StarFlow(self.config)
+    self.deep = model_lib.deep_block(self.config)
+    self.shallow = [model_lib.shallow_block(self.config, i) for i in range(self.config.num_blocks - 1)]
+    self.text_encoder = TextEncoder(bundle.text_config) if bundle.text_config else None
+    denoise = options.denoise
+    if denoise == "auto":
+      denoise = "learned" if self.config.learnable_self_denoiser and options.noise_std > 0 else "none"
+    if denoise == "learned" and not self.config.learnable_self_denoiser:
+      raise ValueError("denoise='learned' but the model has no denoiser; use 'score' or 'none'")
+    if denoise in ("learned", "score") and options.noise_std <= 0:
+      raise ValueError(f"denoise={denoise!r} needs the training noise level: set noise_std > 0")
+    self.denoise_mode = denoise
+    if options.method == "sequential":
+      self.block_inverse = decoding.sequential_inverse
+    else:
+      self.block_inverse = functools.partial(jacobi.jacobi_inverse, options=options.jacobi)
+    # Compiled pieces: one compile per distinct static shape, reused for every frame and window.
+    # Parameters are arguments (never compile-time constants), so `set_params` reuses them all.
+    self._encode_text = jax.jit(self._encode_text_impl)
+    self._start = jax.jit(self._start_impl, static_argnums=(3,))
+    self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,), donate_argnums=(1,))
+    self._run = jax.jit(self._run_impl, static_argnums=(4, 5, 6), donate_argnums=(1,))
+    self._reencode = jax.jit(self._reencode_impl, static_argnums=(4, 5), donate_argnums=(1,))
+    self._frame_tokens = jax.jit(self._frame_tokens_impl, static_argnums=(2, 3))
+    self._shallow_frame = jax.jit(self._shallow_frame_impl, static_argnums=(2,))
+    self._shallow_clip = jax.jit(self._shallow_clip_impl, static_argnums=(3,))
+    self._forward = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c))
+    self._denoiser = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c, method=StarFlow.denoise))
+    self._score_step = jax.jit(self._score_step_impl)
+    self._take_frames = jax.jit(lambda x, start, count: jax.lax.dynamic_slice_in_dim(x, start, count, axis=1),
+                                static_argnums=(2,))
+    self._merge_frames = jax.jit(_merge_frames)
+
+  def set_params(self, params, text_params=None) -> None:
+    """Swaps in new parameters of the same shapes (e.g. during training): no recompilation."""
+    self.params = params
+    if text_params is not None:
+      self.bundle = dataclasses.replace(self.bundle, text_params=text_params)
+
+  def compiled_functions(self) -> list:
+    """The jitted functions (their cache sizes count compilations)."""
+    return [self._encode_text, self._start, self._prefill, self._run, self._reencode,
+            self._frame_tokens, self._shallow_frame, self._shallow_clip, self._forward,
+            self._denoiser, self._score_step, self._take_frames, self._merge_frames]
+
+  # ------------------------------------------------------------------ conditions
+  def _encode_text_impl(self, text_params, ids):
+    return self.text_encoder.apply({"params": text_params}, ids)
+
+  def encode_prompts(self, prompts: Sequence[str]) -> tuple[Array | None, Array | None]:
+    """(condition, null condition) for the prompts: built-in text encoder, or class labels."""
+    cfg = self.config
+    if cfg.conditioning is None:
+      return None, None
+    if cfg.conditioning == "class":
+      labels = jnp.asarray([int(p) for p in prompts], jnp.int32)
+      return labels, jnp.full_like(labels, cfg.num_classes)
+    if self.text_encoder is None:
+      raise ValueError("this model directory has no built-in text encoder; pass text embeddings "
+                       "(cond=...) from the encoder it was trained with (e.g. Flan-T5)")
+    tokenizer = self.bundle.text_config.tokenizer
+    unknown = sorted({w for p in prompts for w in tokenizer.unknown_words(p)})
+    if unknown:
+      logging.warning("words not in the model's vocabulary become <unk>: %s (known: %s)",
+                      unknown, ", ".join(tokenizer.vocabulary))
+    ids = jnp.asarray(tokenizer.encode_batch(list(prompts)))
+    null_ids = jnp.asarray(tokenizer.encode_batch([""] * len(prompts)))
+    text_params = self.bundle.text_params
+    return self._encode_text(text_params, ids), self._encode_text(text_params, null_ids)
+
+  # ------------------------------------------------------------------ public API
+  def generate(self, prompts: Sequence[str] | None, num_frames: int, seed: int = 0, *,
+               cond: Array | None = None, null_cond: Array | None = None, batch_size: int = 1,
+               condition_video: np.ndarray | None = None, return_latents: bool = False):
+    """Videos [B, T, H, W, C] in [-1, 1] (images [B, H, W, C] for image models).
+
+    prompts: one per sample (or `cond` embeddings). condition_video: pixels [B or 1, Tc, H, W, C]
+    in [-1, 1], used as the first Tc frames (image-to-video: Tc = 1; continuation and
+    video-to-video: the source clip, with "(v2v) " leading the prompt for v2v).
+    """
+    cfg = self.config
+    if cond is None and prompts is not None:
+      cond, null_cond = self.encode_prompts(prompts)
+    if cfg.conditioning is not None and cond is None:
+      raise ValueError("the model is conditioned: give prompts (or cond embeddings)")
+    batch = cond.shape[0] if cond is not None else batch_size
+    if not cfg.is_video and num_frames != 1:
+      raise ValueError(f"num_frames={num_frames}, but this is an image model; use num_frames=1")
+    if num_frames < 1:
+      raise ValueError(f"num_frames={num_frames} must be >= 1")
+    latent_frames = self.autoencoder.latent_frames(num_frames)
+    shape = (batch, latent_frames, cfg.img_size, cfg.img_size, cfg.in_channels)
+    z = self.options.temperature * jax.random.normal(jax.random.PRNGKey(seed), shape)
+    prefix = None
+    if condition_video is not None:
+      prefix = self._condition_latents(condition_video, batch, latent_frames, seed)
+    latents = self.sample_latents(z, cond, null_cond, prefix)
+    latents = self.denoise(latents, cond)
+    pixels = self.autoencoder.decode(None, latents)
+    if not cfg.is_video:
+      pixels, latents = pixels[:, 0], latents[:, 0]
+    return (pixels, latents) if return_latents else pixels
+
+  def _condition_latents(self, video, batch: int, latent_frames: int, seed: int) -> Array:
+    video = jnp.asarray(video, jnp.float32)
+    if video.ndim == 4:  # one image per sample
+      video = video[:, None]
+    if video.shape[0] == 1 and batch > 1:
+      video = jnp.broadcast_to(video, (batch,) + video.shape[1:])
+    if video.shape[0] != batch:
+      raise ValueError(f"the conditioning video has batch {video.shape[0]} but {batch} samples "
+                       "are requested; give one clip, or one per sample")
+    expected = (self.config.img_size * self.autoencoder.spatial_factor,) * 2
+    if tuple(video.shape[2:4]) != expected:
+      raise ValueError(f"conditioning frames are {video.shape[2]}x{video.shape[3]} but the model "
+                       f"generates {expected[0]}x{expected[1]}; resize them first")
+    latents = self.autoencoder.encode(None, video)
+    if latents.shape[1] >= latent_frames:
+      raise ValueError(f"the conditioning clip has {latents.shape[1]} latent frames but only "
+                       f"{latent_frames} are generated; ask for more frames")
+    noise = jax.random.normal(jax.random.PRNGKey(seed + 1), latents.shape)
+    return latents + self.options.noise_std * noise  # the model was trained on noisy latents
+
+  # ------------------------------------------------------------------ flow inverse
+  def sample_latents(self, z: Array, cond: Array | None, null_cond: Array | None,
+                     prefix: Array | None = None) -> Array:
+    """Inverts the flow: noise z [B, T, H, W, C] -> noisy latents x~ (prefix frames kept)."""
+    cfg = self.config
+    z_tok, grid = tokens.patchify(z, cfg.patch_size)  # [B, T, N, D]
+    b, t, n, d = z_tok.shape
+    guided = self.options.guidance > 0 and cond is not None
+    deep_cond = cond
+    if guided:
+      null = decoding.null_condition(cfg, cond) if null_cond is None else null_cond
+      deep_cond = jnp.concatenate([cond, null], axis=0)
+    prefix_tok = None
+    if prefix is not None:
+      prefix_tok = self._forward(self.params, prefix, cond).outputs[-2]  # deep-block inputs [B, Tp, N, D]
+    frame_grid = TokenGrid(1, grid.height, grid.width)
+    # Frame-by-frame shallow decoding changes Jacobi's batch-wide stop statistic, so the
+    # reference-compatible mode decodes the whole clip at once, as the official sampler does.
+    pipelined = cfg.shallow_block_local and not (
+        self.options.method == "jacobi" and self.options.jacobi.reference_compatible)
+    if pipelined:
+      frames: list = [None] * t
+      def on_frame(f, deep_tokens):  # pipelined: a frame's shallow inverses as soon as it is done
+        frames[f] = self._shallow_frame(self.params, deep_tokens, frame_grid)
+      self._deep_inverse(z_tok, grid, deep_cond, prefix_tok, on_frame)
+      h = jnp.stack(frames, axis=1)
+    else:
+      h = self._deep_inverse(z_tok, grid, deep_cond, prefix_tok, None)
+      h = self._shallow_clip(self.params, h, cond, grid)
+    x = tokens.unpatchify(h, grid, cfg.patch_size)
+    if prefix is not None:
+      x = x.at[:, : prefix.shape[1]].set(prefix)
+    return x
+
+  def _deep_inverse(self, z_tok, grid, cond, prefix_tok, on_frame):
+    """Host loop over frames of the deep block's inverse; returns raster tokens [B, T, N, D]."""
+    b, t, n, d = z_tok.shape
+    s_total = t * n
+    window = min(t, self.options.window or t)
+    context = self.options.context if self.options.context is not None else window - 1
+    window_grid = TokenGrid(window, grid.height, grid.width)
+    z_perm = tokens.permute(z_tok.reshape(b, s_total, d), self.deep.order, n)
+    params = self.params
+    state = self._start(params, z_perm, cond, window_grid)
+    start = 0
+    if prefix_tok is not None:
+      p_perm = tokens.permute(prefix_tok.reshape(b, -1, d), self.deep.order, n)
+      if p_perm.shape[1] > window * n:
+        raise ValueError(f"the conditioning clip ({prefix_tok.shape[1]} frames) is longer than the "
+                         f"window ({window} frames)")
+      state = self._prefill(params, state, p_perm, window_grid)
+      start = p_perm.shape[1]
+    done = start // n
+    if on_frame is not None:
+      for f in range(done):
+        on_frame(f, self._frame_tokens(state.buffer, jnp.int32(f), n, b))
+    target = min(s_total, window * n)
+    bar = tqdm.tqdm(total=t, initial=done, desc="deep block", unit="frame",
+                    disable=not self.options.progress, leave=False)
+    while True:
+      for first, size, count in self._calls(start, target, n):
+        state = self._run(params, state, z_perm, jnp.int32(first), size, count, window_grid)
+        start = first + size * count
+        for f in range(done, start // n):
+          if on_frame is not None:
+            on_frame(f, self._frame_tokens(state.buffer, jnp.int32(f), n, b))
+        bar.update(start // n - done)
+        done = start // n
+      if target >= s_total:
+        break
+      target = min(target + (window - context) * n, s_total)
+      state = self._reencode(params, state, cond, jnp.int32(start), context * n, window_grid)
+    bar.close()
+    return tokens.unpermute(state.buffer[:b, 1:], self.deep.order, n).reshape(b, t, n, d)
+
+  def _calls(self, start: int, end: int, frame_len: int) -> list[tuple[int, int, int]]:
+    """Compiled calls of about one frame each: (first token, block size, number of blocks)."""
+    if self.options.method == "sequential":
+      calls, a = [], start
+      while a < end:
+        count = min(frame_len - a % frame_len, end - a)
+        calls.append((a, 1, count))
+        a += count
+      return calls
+    schedule = jacobi.block_schedule(start, end, frame_len, self.options.jacobi)
+    return [run for first, size, count in jacobi.group_runs(schedule)
+            for run in _split_run(first, size, count, max(1, frame_len // size))]
+
+  # ------------------------------------------------------------------ compiled implementations
+  def _start_impl(self, params, z_perm, cond, grid):
+    guided = cond is not None and self.options.guidance > 0 and cond.shape[0] == 2 * z_perm.shape[0]
+    return decoding.start_decoding(self.deep, params["deep_block"], z_perm, grid, cond, guided)
+
+  def _prefill_impl(self, params, state: DecodeState, p_perm, grid):
+    """Writes given deep-block tokens and fills the cache by running them forward."""
+    reps = state.buffer.shape[0] // p_perm.shape[0]
+    p = jnp.concatenate([p_perm] * reps, 0).astype(jnp.float32)
+    buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, p, 1, axis=1)
+    inputs = buffer[:, : p.shape[1]]  # shifted: [sos, u_0 .. u_{S'-2}]
+    _, _, cache = decoding.call_block(self.deep, params["deep_block"], FlowBlock.decode_step,
+                                      inputs, 0, state.cache, grid, self.config.cond_len)
+    return state.replace(buffer=buffer, cache=cache)
+
+  def _run_impl(self, params, state, z_perm, first, size, count, grid):
+    deep_params, cond_len, guidance = params["deep_block"], self.config.cond_len, self.options.guidance
+    if self.options.method == "sequential":
+      return decoding.decode_tokens(self.deep, deep_params, state, z_perm, first, count, grid,
+                                    cond_len, guidance)
+    state, _ = jacobi.solve_run(self.deep, deep_params, state, z_perm.astype(jnp.float32), first,
+                                size, count, grid, cond_len, guidance, self.options.jacobi)
+    return state
+
+  def _reencode_impl(self, params, state: DecodeState, cond, start, context_tokens: int, grid):
+    """Sliding window: a fresh cache with the condition prefix and the last `context_tokens`
+    tokens re-encoded from the start token; later tokens continue at position context_tokens."""
+    deep_params = params["deep_block"]
+    cache = jax.tree_util.tree_map(jnp.zeros_like, state.cache)
+    if self.config.cond_len:
+      cache = decoding.call_block(self.deep, deep_params, FlowBlock.prefill_condition, cond, cache, grid)
+    context = jax.lax.dynamic_slice_in_dim(state.buffer, start + 1 - context_tokens, context_tokens, axis=1)
+    inputs = jnp.concatenate([state.buffer[:, :1], context[:, :-1]], axis=1)
+    _, _, cache = decoding.call_block(self.deep, deep_params, FlowBlock.decode_step, inputs, 0,
+                                      cache, grid, self.config.cond_len)
+    return state.replace(cache=cache, position_offset=(start - context_tokens).astype(jnp.int32))
+
+  def _frame_tokens_impl(self, buffer, frame, n: int, batch: int):
+    """Raster tokens [B, N, D] of a finished frame (the deep block's orders are per frame)."""
+    x = jax.lax.dynamic_slice_in_dim(buffer[:batch], 1 + frame * n, n, axis=1)
+    return tokens.unpermute(x, self.deep.order, n)
+
+  def _shallow_frame_impl(self, params, frame_tokens, frame_grid):
+    h = frame_tokens  # [B, N, D]
+    for i, block in reversed(list(enumerate(self.shallow))):
+      h = self.block_inverse(block, params.get(f"shallow_block_{i}"), h, frame_grid, None, 0.0)
+    return h
+
+  def _shallow_clip_impl(self, params, h, cond, grid):
+    cfg = self.config
+    b, t, n, d = h.shape
+    s_grid = model_lib.shallow_grid(cfg, grid)
+    shallow_cond = None if cfg.cond_top_only else cond
+    for i, block in reversed(list(enumerate(self.shallow))):
+      h = self.block_inverse(block, params.get(f"shallow_block_{i}"), model_lib.to_shallow_batch(cfg, h),
+                             s_grid, shallow_cond, 0.0)
+      h = h.reshape(b, t, n, d)
+    return h
+
+  def _score_step_impl(self, params, x, cond, sigma):
+    def total_nll(x):
+      out = self.model.apply({"params": params}, x, cond)
+      return jnp.sum(losses.total_nll(out.z, out.logdets))
+    return x - sigma * sigma * jax.grad(total_nll)(x)  # x + sigma^2 grad log p(x)
+
+  # ------------------------------------------------------------------ denoising
+  def denoise(self, latents: Array, cond: Array | None) -> Array:
+    """The final denoising step on noisy latents x~ (see the module docstring)."""
+    if self.denoise_mode == "none":
+      return latents
+    sigma = self.options.noise_std
+    if self.denoise_mode == "score":
+      return self._windowed(latents, lambda x: self._score_step(self.params, x, cond, sigma))
+    step = sigma if self.options.denoise_step is None else self.options.denoise_step
+    return self._windowed(latents, lambda x: x - step * self._denoiser(self.params, x, cond))
+
+  def _windowed(self, latents: Array, fn) -> Array:
+    """fn on windows of `window` frames (inputs always the noisy latents); a frame's output comes
+    from the first window that covers it with `denoiser_window` frames of overlap behind it."""
+    cfg = self.config
+    t = latents.shape[1] if cfg.is_video else 1
+    window = min(t, self.options.window or t)
+    if not cfg.is_video or window >= t:
+      return fn(latents)
+    overlap = min(window - 1, cfg.denoiser_window if cfg.denoiser_window is not None else window - 1)
+    out, written, start = latents, 0, 0
+    while written < t:  # every window has the same length and dynamic offsets: no recompilation
+      start = min(start, t - window)
+      chunk = fn(self._take_frames(latents, jnp.int32(start), window))
+      keep = max(written, start + (overlap if start > 0 else 0))
+      out = self._merge_frames(out, chunk, jnp.int32(start), jnp.int32(keep))
+      written = start + window
+      start += window - overlap
+    return out
+
+
+def _merge_frames(out: Array, chunk: Array, start, keep) -> Array:
+  """out with frames [keep, start + len(chunk)) taken from chunk (placed at `start`)."""
+  placed = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(out), chunk, start, axis=1)
+  frame = jnp.arange(out.shape[1]).reshape((1, -1) + (1,) * (out.ndim - 2))
+  return jnp.where((frame >= keep) & (frame < start + chunk.shape[1]), placed, out)
+
+
+def _split_run(first: int, size: int, count: int, per_call: int) -> list[tuple[int, int, int]]:
+  """Splits `count` blocks into calls of `per_call` blocks (the last may be shorter)."""
+  calls = []
+  while count > 0:
+    c = min(per_call, count)
+    calls.append((first, size, c))
+    first += size * c
+    count -= c
+  return calls

@@ -1,0 +1,1 @@
+"""Text encoders: a built-in small one (word or byte tokens + transformer), trained jointly."""

@@ -1,0 +1,328 @@
+"""Training: the train state, the jitted train step, and `Trainer` (state creation and sharding).
+
+One train step (ALGORITHM.md sections 6 and 7):
+  pixels -> [-1, 1] (+ uniform dequantisation) -> autoencoder latents -> x~ = x + sigma * eps;
+  captions replaced by the null caption with probability drop_label (classifier-free guidance);
+  flow loss (official get_loss) and its gradient with respect to the parameters AND x~ in one
+  backward pass; flow-score matching: target = sigma * d(NLL of each example)/d x~ (stopped),
+  MSE to the denoiser's output, trained with its own AdamW; global-norm clipping per group, the
+  official grad skip (after `grad_skip_after` steps, skip an update whose norm exceeds the clip),
+  and non-finite steps skipped without touching params or optimizer state (counted).
+Video batches drop their first frame with probability drop_first_frame (a second compiled variant
+of the step), captions then carry the "(extend)" tag, as officially.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from starflow_jax import losses, sharding
+from starflow_jax.autoencoder import build_autoencoder
+from starflow_jax import experiment
+from starflow_jax.model import StarFlow, example_condition, example_latents
+from starflow_jax.text.encoder import TextEncoder
+from starflow_jax.text.tokenizer import SPECIAL_TOKENS, BOS
+
+Array = jnp.ndarray
+
+
+@flax.struct.dataclass
+class TrainState:
+  """params: {'model': StarFlow params (flow blocks and 'denoiser'), 'text': text encoder params}."""
+
+  step: Array
+  params: Any
+  opt_state: Any
+  rng: Array
+  skipped_steps: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Static (hashable) settings of the train step, read from config.train."""
+
+  noise_std: float
+  dequantize: bool
+  drop_label: float
+  latent_norm_reg: float
+  grad_clip: float
+  grad_skip: bool
+  grad_skip_after: int
+  flow_score_matching: bool
+  pre_encoded: bool
+  extend_tag: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSettings":
+    t = config.train
+    return cls(noise_std=float(t.noise_std), dequantize=bool(t.dequantize), drop_label=float(t.drop_label),
+               latent_norm_reg=float(t.latent_norm_reg), grad_clip=float(t.grad_clip),
+               grad_skip=bool(t.grad_skip), grad_skip_after=int(t.grad_skip_after),
+               flow_score_matching=bool(t.flow_score_matching),
+               pre_encoded=config.data.source == "latents",
+               extend_tag=SPECIAL_TOKENS.index("(extend)"))
+
+
+def pixels_to_unit(pixels: Array, rng: Array | None) -> Array:
+  """uint8 pixels k -> (k + u) / 128 - 1 in [-1, 1) with u ~ U[0, 1) (dequantisation) or u = 1/2.
+
+  This is the scaling bits_per_dim assumes (2^(n-1) bins per unit)."""
+  k = pixels.astype(jnp.float32)
+  u = jax.random.uniform(rng, pixels.shape) if rng is not None else 0.5
+  return (k + u) / 128.0 - 1.0
+
+
+def _label_fn(params):
+  """Optimizer group of every parameter: 'denoiser' for the denoiser network, else 'flow'."""
+  def label(path, _):
+    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    return "denoiser" if "denoiser" in keys else "flow"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay for the flow (official betas 0.9/0.95, wd 1e-4), and
+  a separate AdamW (lr 1e-4, wd 1e-4, cosine) for the denoiser. Clipping happens in the step."""
+  def schedule(peak, end):
+    return optax.warmup_cosine_decay_schedule(
+        init_value=min(end, 1e-6), peak_value=peak, warmup_steps=max(1, train.warmup_steps),
+        decay_steps=train.num_steps, end_value=end)
+  flow = optax.adamw(schedule(train.lr, train.min_lr), b1=train.b1, b2=train.b2,
+                     weight_decay=train.weight_decay)
+  denoiser = optax.adamw(schedule(train.denoiser_lr, min(1e-6, train.denoiser_lr)),
+                         weight_decay=train.denoiser_weight_decay)
+  return optax.multi_transform({"flow": flow, "denoiser": denoiser}, _label_fn)
+
+
+def flow_score_target(x_grad: Array, noise_std: float) -> Array:
+  """The flow-score-matching target from the gradient of the batch-mean flow loss w.r.t. x~.
+
+  The loss is a mean over all B * dims elements of x~, so x_grad * x~.size is the gradient of each
+  example's own total NLL, and the target is sigma * d NLL_b / d x~_b = -sigma * grad log p(x~_b)
+  (the official `x.grad * x.numel() * noise_std`). Gradients are stopped.
+  """
+  return jax.lax.stop_gradient(x_grad * (x_grad.size * noise_std))
+
+
+def _split_denoiser(tree):
+  model = dict(tree["model"])
+  denoiser = model.pop("denoiser", None)
+  return {**tree, "model": model}, denoiser
+
+
+def _global_norm(tree) -> Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def _clip(tree, norm, max_norm):
+  scale = jnp.minimum(1.0, max_norm / (norm + 1e-12)) if max_norm > 0 else 1.0
+  return jax.tree_util.tree_map(lambda g: g * scale, tree)
+
+
+class Trainer:
+  """Static pieces of training (modules, optimizer, shardings) and the compiled step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.model_config = experiment.model_config(config)
+    self.text_config = experiment.text_config(config)
+    self.autoencoder = build_autoencoder(experiment.autoencoder_config(config))
+    self.model = StarFlow(self.model_config)
+    self.text_encoder = TextEncoder(self.text_config) if self.text_config else None
+    self.optimizer = make_optimizer(config.train)
+    self.settings = StepSettings.from_config(config)
+    self.null_text_embedding = None  # the empty prompt's embedding, for pre-encoded text
+    if config.data.source == "latents" and config.data.latents_dir:
+      from data_pipeline import latents
+      null = latents.null_text_embedding(config.data.latents_dir)
+      self.null_text_embedding = None if null is None else jnp.asarray(null)
+    self.rules = sharding.rules_from_config(config.mesh.get("rules"))
+    boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
+    self.state_shardings = sharding.logical_shardings(boxed, mesh, self.rules)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), nn.unbox(boxed),
+        self.state_shardings)
+    self._compiled_steps: dict[bool, Any] = {}
+
+  # ---------------------------------------------------------------- state
+  def _boxed_params(self, rng):
+    model_rng, text_rng = jax.random.split(rng)
+    x = example_latents(self.model_config, 1, 2)
+    cond = example_condition(self.model_config, 1)
+    params = {"model": self.model.init(model_rng, x, cond, method=StarFlow.init_all)["params"]}
+    if self.text_encoder is not None:
+      tokens = jnp.zeros((1, self.text_config.tokenizer.max_length), jnp.int32)
+      params["text"] = self.text_encoder.init(text_rng, tokens)["params"]
+    return params
+
+  def _boxed_state(self, rng):
+    init_rng, state_rng = jax.random.split(rng)
+    params = self._boxed_params(init_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params), rng=state_rng,
+                      skipped_steps=jnp.zeros((), jnp.int32))
+
+  def init_state(self, seed: int) -> TrainState:
+    """A fresh state, created directly with its shardings (no host copy of the parameters)."""
+    init = jax.jit(lambda rng: nn.unbox(self._boxed_state(rng)), out_shardings=self.state_shardings)
+    return init(jax.random.PRNGKey(seed))
+
+  def state_with_params(self, state: TrainState, model_params) -> TrainState:
+    """Replaces the model parameters (e.g. imported official weights) and resets the optimizer."""
+    params = {**state.params, "model": model_params}
+    params = jax.device_put(params, self.state_shardings.params)
+    opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
+    return state.replace(params=params, opt_state=opt_state)
+
+  # ---------------------------------------------------------------- conditioning
+  def encode_condition(self, params, batch: dict[str, Array]) -> Array | None:
+    cfg = self.model_config
+    if cfg.conditioning == "text":
+      if "text_embeddings" in batch:
+        return batch["text_embeddings"]
+      return self.text_encoder.apply({"params": params["text"]}, batch["tokens"])
+    if cfg.conditioning == "class":
+      return batch["label"]
+    return None
+
+  def _drop_conditions(self, batch: dict[str, Array], rng: Array) -> dict[str, Array]:
+    """Classifier-free guidance dropout: each example's condition -> null with prob drop_label."""
+    p = self.settings.drop_label
+    if p <= 0 or self.model_config.conditioning is None:
+      return batch
+    key = {"text": "tokens", "class": "label"}[self.model_config.conditioning]
+    if "text_embeddings" in batch:
+      key = "text_embeddings"
+    values = batch[key]
+    drop = jax.random.bernoulli(rng, p, (values.shape[0],))
+    if key == "tokens":
+      null = jnp.zeros_like(values).at[:, 0].set(SPECIAL_TOKENS.index(BOS))
+    elif key == "label":
+      null = jnp.full_like(values, self.model_config.num_classes)
+    elif self.null_text_embedding is not None:
+      null = jnp.broadcast_to(self.null_text_embedding, values.shape)
+    else:
+      null = jnp.zeros_like(values)
+    dropped = jnp.where(drop.reshape((-1,) + (1,) * (values.ndim - 1)), null, values)
+    return {**batch, key: dropped}
+
+  # ---------------------------------------------------------------- the step
+  def _train_step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool):
+    s = self.settings
+    rng = jax.random.fold_in(state.rng, state.step)
+    noise_rng, deq_rng, drop_rng = jax.random.split(rng, 3)
+    video = batch["video"]
+    if s.pre_encoded:
+      x = video.astype(jnp.float32)
+    else:
+      x = self.autoencoder.encode(None, pixels_to_unit(video, deq_rng if s.dequantize else None))
+    if not self.model_config.is_video:
+      x = x[:, 0]  # images: [B, H, W, C]
+    batch = dict(batch)
+    if drop_first_frame:
+      x = x[:, 1:]
+      if "tokens" in batch:
+        tokens = batch["tokens"]
+        tag = jnp.full_like(tokens[:, :1], s.extend_tag)
+        batch["tokens"] = jnp.concatenate([tokens[:, :1], tag, tokens[:, 1:-1]], axis=1)
+    batch = self._drop_conditions(batch, drop_rng)
+    x_noisy = x + s.noise_std * jax.random.normal(noise_rng, x.shape)
+
+    def flow_objective(params, x_noisy):
+      cond = self.encode_condition(params, batch)
+      out = self.model.apply({"params": params["model"]}, x_noisy, cond)
+      loss_z, loss_logdet = losses.flow_loss_terms(out.z, out.logdets)
+      loss = jnp.mean(loss_z + loss_logdet)
+      objective = loss
+      if s.latent_norm_reg > 0:
+        objective = objective + s.latent_norm_reg * sum(jnp.mean(jnp.square(o)) for o in out.outputs[1:-1])
+      aux = {"loss": loss, "loss_z": jnp.mean(loss_z), "loss_logdet": jnp.mean(loss_logdet), "cond": cond}
+      return objective, aux
+
+    (_, aux), (grads, x_grad) = jax.value_and_grad(flow_objective, argnums=(0, 1), has_aux=True)(
+        state.params, x_noisy)
+    flow_grads, _ = _split_denoiser(grads)
+    flow_norm = _global_norm(flow_grads)
+    metrics = {k: aux[k] for k in ("loss", "loss_z", "loss_logdet")}
+    metrics["nll"] = aux["loss"] + losses.HALF_LOG_2PI
+    if not s.pre_encoded:
+      metrics["bpd"] = losses.bits_per_dim(metrics["nll"])
+    metrics["grad_norm"] = flow_norm
+    grads = _clip(flow_grads, flow_norm, s.grad_clip)
+    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(flow_norm)
+    too_large = flow_norm > s.grad_clip
+    if s.flow_score_matching:
+      target = flow_score_target(x_grad, s.noise_std)
+      cond = jax.lax.stop_gradient(aux["cond"])
+
+      def denoiser_objective(denoiser_params):
+        params = {**state.params["model"], "denoiser": denoiser_params}
+        pred = self.model.apply({"params": params}, x_noisy, cond, method=StarFlow.denoise)
+        return jnp.mean(jnp.square(pred - target))
+
+      den_loss, den_grads = jax.value_and_grad(denoiser_objective)(state.params["model"]["denoiser"])
+      den_norm = _global_norm(den_grads)
+      metrics.update(denoiser_loss=den_loss, denoiser_grad_norm=den_norm,
+                     score_norm=jnp.sqrt(jnp.mean(jnp.square(target))))
+      grads["model"]["denoiser"] = _clip(den_grads, den_norm, s.grad_clip)
+      finite &= jnp.isfinite(den_loss) & jnp.isfinite(den_norm)
+      too_large |= den_norm > s.grad_clip
+    elif "denoiser" in state.params["model"]:
+      grads["model"]["denoiser"] = jax.tree_util.tree_map(jnp.zeros_like, state.params["model"]["denoiser"])
+    skip = ~finite
+    if s.grad_skip and s.grad_clip > 0:
+      skip |= too_large & (state.step >= s.grad_skip_after)
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)  # keep NaNs out of Adam
+    updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(skip, b, a), new, old)
+    metrics["skipped"] = skip.astype(jnp.int32)
+    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                              opt_state=keep(new_opt_state, state.opt_state),
+                              skipped_steps=state.skipped_steps + skip.astype(jnp.int32))
+    return new_state, metrics
+
+  def compiled_step(self, drop_first_frame: bool):
+    """The jitted step (state donated), with the state's and the batch's shardings."""
+    if drop_first_frame not in self._compiled_steps:
+      self._compiled_steps[drop_first_frame] = jax.jit(
+          functools.partial(self._train_step, drop_first_frame=drop_first_frame),
+          in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+          out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+          donate_argnums=(0,))
+    return self._compiled_steps[drop_first_frame]
+
+  def step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):
+    return self.compiled_step(drop_first_frame)(state, batch)
+
+
+def drop_first_frame_now(config: ml_collections.ConfigDict, step: int) -> bool:
+  """Host-side, deterministic in (seed, step): does this step train on clips without frame 0?"""
+  p = config.train.drop_first_frame
+  if p <= 0 or not config.model.get("temporal_causal", 0):
+    return False
+  import numpy as np
+  return bool(np.random.default_rng([config.seed, step, 7]).random() < p)
+
+
+def tokens_per_step(config: ml_collections.ConfigDict, trainer: Trainer) -> int:
+  """Latent tokens per global batch (for throughput figures)."""
+  from data_pipeline import sources
+  frames, height, width, _ = sources.example_shape(config.data)
+  cfg = trainer.model_config
+  grid = (height // trainer.autoencoder.spatial_factor // cfg.patch_size) * (
+      width // trainer.autoencoder.spatial_factor // cfg.patch_size)
+  return config.train.batch_size * trainer.autoencoder.latent_frames(frames) * grid

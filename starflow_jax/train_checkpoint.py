@@ -1,0 +1,102 @@
+"""Training checkpoints: an orbax CheckpointManager over `workdir/checkpoints`.
+
+Each step directory holds the train state (params, optimizer state, step, rng, counters), the
+data iterator's state (grain, one file per host) and the experiment config. Saves are periodic,
+keep the newest N, and are asynchronous; orbax commits a step only when it is complete, so a
+run killed mid-save leaves the previous checkpoints intact. Restoring uses the current mesh's
+shardings, so a run can resume on a different mesh shape. A checkpoint that cannot be restored,
+or that was written by a different model, is an error that names the step and the fix; nothing
+is deleted or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from starflow_jax import checkpoint as model_checkpoint
+from starflow_jax.config import ModelConfig
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+class TrainCheckpointer:
+  """Saves and restores (state, data iterator, config) by step."""
+
+  def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
+    self.directory = checkpoint_directory(workdir)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, every_steps), max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, iterator, config: ml_collections.ConfigDict, force: bool = False) -> bool:
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(iterator),
+        config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())))
+    return self.manager.save(step, args=args, force=force)
+
+  def check_compatible(self, step: int, config: ml_collections.ConfigDict) -> None:
+    """Raises if the checkpoint at `step` was written for a different model architecture."""
+    saved = self.read_config(step)
+    ours = json.loads(config.to_json_best_effort())
+    if saved.get("model") != ours.get("model"):
+      diff = sorted(k for k in set(saved.get("model", {})) | set(ours["model"])
+                    if saved.get("model", {}).get(k) != ours["model"].get(k))
+      raise ValueError(
+          f"the checkpoint at step {step} in {self.directory} was written for a different model "
+          f"(fields {diff} differ). Use a new --workdir for a new architecture, or restore the "
+          "original config; the existing checkpoints are left untouched.")
+
+  def read_config(self, step: int) -> dict:
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise ValueError(f"cannot read the config of checkpoint step {step} in {self.directory} "
+                       f"({type(e).__name__}: {e}); the checkpoint is damaged. Move that step "
+                       "directory away to resume from an earlier one.") from e
+    return restored["config"]
+
+  def restore(self, step: int, abstract_state, iterator):
+    """The train state at `step` (with the shardings in `abstract_state`); moves `iterator`."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              data_iter=grain.checkpoint.CheckpointRestore(iterator))
+    try:
+      restored = self.manager.restore(step, args=args)
+    except Exception as e:
+      raise ValueError(
+          f"cannot restore checkpoint step {step} from {self.directory} ({type(e).__name__}: {e}). "
+          "It is damaged or does not match this config. Nothing was overwritten: move the step "
+          "directory away to resume from an earlier checkpoint, or use a new --workdir.") from e
+    return restored["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def export_model(workdir: str, state, model_config: ModelConfig, text_config=None,
+                 autoencoder_config=None, sampling_defaults: dict | None = None,
+                 name: str = "model") -> str:
+  """Writes the trained model as a model directory (what the sampler and converter read)."""
+  params = jax.device_get(state.params)
+  return model_checkpoint.save_model(
+      os.path.join(workdir, name), model_config, params["model"], overwrite=True,
+      text_config=text_config, text_params=params.get("text"), autoencoder_config=autoencoder_config,
+      sampling_defaults=sampling_defaults)

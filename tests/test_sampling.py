@@ -1,0 +1,156 @@
+"""The sampling pipeline and CLI: text-to-video, image-to-video, continuation, video-to-video,
+6x-length generation with a sliding window, and no recompilation per frame or per window."""
+
+import contextlib
+import os
+
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from absl.testing import absltest
+from PIL import Image
+
+from experiments import sample as sample_cli
+from experiments.configs import tiny_video
+from starflow_jax import checkpoint, train_loop
+from starflow_jax.sampling import SamplingOptions, VideoSampler
+from tests import helpers
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compilations():
+  """Counts XLA backend compilations inside the block."""
+  count = [0]
+
+  def listener(event, duration, **kwargs):
+    if event == COMPILE_EVENT:
+      count[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield count
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def run_cli(argv):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["sample"] + argv)
+  sample_cli.main(["sample"])
+
+
+class TrainedModelTest(absltest.TestCase):
+  """A micro text-to-video model trained for 12 steps, sampled through the CLI."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = absltest.get_default_test_tmpdir()
+    cls.workdir = os.path.join(cls.tmp, "micro_run")
+    config = tiny_video.get_config("micro")
+    config.mesh.update(shape=(1, 1, 1))
+    if not os.path.isdir(os.path.join(cls.workdir, "model")):
+      train_loop.train_and_evaluate(config, cls.workdir)
+    cls.prompt = "a red circle moving left"
+    cls.image = os.path.join(cls.tmp, "first.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8) + np.array([200, 30, 30], np.uint8)).save(cls.image)
+    cls.clip = os.path.join(cls.tmp, "source.gif")
+    iio.imwrite(cls.clip, np.stack([np.full((8, 8, 3), v, np.uint8) for v in (10, 20)]), duration=250, loop=0)
+
+  def _frames(self, path):
+    return iio.imread(path, index=None)
+
+  def test_text_to_video_and_long_video(self):
+    out = os.path.join(self.tmp, "t2v.mp4")
+    run_cli([f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=3",
+             "--method=jacobi", "--guidance=2", f"--out={out}"])
+    self.assertEqual(self._frames(out.replace(".mp4", ".gif")).shape[0], 3)
+    self.assertTrue(os.path.getsize(out) > 0)
+    self.assertTrue(os.path.exists(out.replace(".mp4", ".png")))
+    long_out = os.path.join(self.tmp, "long.gif")
+    run_cli([f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=18",
+             "--method=sequential", f"--out={long_out}"])  # 6x the 3-frame training clips
+    self.assertEqual(self._frames(long_out).shape[0], 18)
+
+  def test_image_to_video_continuation_and_v2v(self):
+    out = os.path.join(self.tmp, "i2v.gif")
+    run_cli([f"--workdir={self.workdir}", "--mode=i2v", f"--input={self.image}", f"--prompt={self.prompt}",
+             "--num_frames=3", "--denoise=none", f"--out={out}"])
+    frames = self._frames(out)
+    self.assertEqual(frames.shape[0], 3)
+    # The given frame (red, noise sigma 0.1 added) survives as frame 0.
+    self.assertGreater(frames[0][..., 0].mean(), 150)
+    self.assertLess(frames[0][..., 1].mean(), 80)
+    for mode in ("continue", "v2v"):
+      out = os.path.join(self.tmp, f"{mode}.gif")
+      run_cli([f"--workdir={self.workdir}", f"--mode={mode}", f"--input={self.clip}", f"--prompt={self.prompt}",
+               "--num_frames=6", f"--out={out}"])
+      self.assertEqual(self._frames(out).shape[0], 6)
+
+  def test_bad_requests_name_the_problem(self):
+    with self.assertRaisesRegex(ValueError, "only 2 are generated"):
+      run_cli([f"--workdir={self.workdir}", "--mode=continue", f"--input={self.clip}", f"--prompt={self.prompt}",
+               "--num_frames=2", f"--out={os.path.join(self.tmp, 'x.gif')}"])
+    with self.assertRaisesRegex(ValueError, "neither a model directory nor a training workdir"):
+      run_cli([f"--workdir={self.tmp}", f"--prompt={self.prompt}"])
+
+
+class SamplerTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.bundle, cls.cond = helpers.golden_video_bundle()
+
+  def test_no_recompilation_per_frame_or_window(self):
+    """Counts every XLA compilation (jitted and eager). A new video length compiles a fixed set
+    of programs; more frames or more window slides must not add any."""
+    options = SamplingOptions(method="jacobi", denoise="learned", noise_std=0.3, window=3, progress=False)
+    sampler = VideoSampler(self.bundle, options)
+    sampler.generate(None, 6, cond=self.cond)  # warm-up: programs that do not depend on length
+    new_length_compiles = []
+    for frames in (9, 18):  # 3x and 6x the window: 4 and 13 window slides
+      with count_compilations() as count:
+        sampler.generate(None, frames, cond=self.cond)
+      new_length_compiles.append(count[0])
+      with count_compilations() as again:
+        sampler.generate(None, frames, cond=self.cond, seed=1)
+      self.assertEqual(again[0], 0, f"a second call for {frames} frames compiled again")
+    self.assertEqual(new_length_compiles[0], new_length_compiles[1],
+                     "compilations grew with the number of frames / windows")
+
+  def test_prefix_frames_give_the_same_continuation(self):
+    sampler = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", progress=False))
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 4))
+    full = sampler.sample_latents(z, self.cond, None)
+    for given in (1, 2):
+      continued = sampler.sample_latents(z, self.cond, None, prefix=full[:, :given])
+      np.testing.assert_array_equal(continued[:, :given], full[:, :given])
+      np.testing.assert_allclose(continued, full, atol=2e-5)
+
+  def test_window_covering_the_video_changes_nothing(self):
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 4))
+    plain = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", progress=False))
+    windowed = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", window=3,
+                                                         progress=False))
+    np.testing.assert_array_equal(plain.sample_latents(z, self.cond, None),
+                                  windowed.sample_latents(z, self.cond, None))
+
+  def test_sliding_window_jacobi_matches_sequential_at_tau_zero(self):
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 4, 4, 4))
+    from starflow_jax.jacobi import JacobiOptions
+    seq = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", window=3,
+                                                    context=2, progress=False))
+    jac = VideoSampler(self.bundle, SamplingOptions(
+        method="jacobi", jacobi=JacobiOptions(block_size=4, threshold=0.0, max_iter=17),
+        denoise="none", window=3, context=2, progress=False))
+    a, b = seq.sample_latents(z, self.cond, None), jac.sample_latents(z, self.cond, None)
+    np.testing.assert_allclose(a, b, atol=4e-6 * float(jnp.abs(a).max()))
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,121 @@
+"""The train step: config validation, learning, skipped steps, first-frame drop."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl.testing import absltest
+
+from experiments.configs import base, tiny_video
+from starflow_jax import experiment, sharding
+from starflow_jax.train import Trainer
+
+
+def tiny_config(**train) -> ml_collections.ConfigDict:
+  c = tiny_video.get_config("smoke")
+  c.data.shapes.update(num_frames=3, height=8, width=8)
+  c.model.update(img_size=8, channels=32, top_block_channels=32, layers_per_block=(1, 1, 1),
+                 denoiser_layers=1)
+  c.text.update(width=32, num_layers=1)
+  c.train.update(batch_size=8, **train)
+  return c
+
+
+def make_batch(config, mesh, seed=0):
+  rng = np.random.default_rng(seed)
+  s = config.data.shapes
+  video = rng.integers(0, 256, (config.train.batch_size, s.num_frames, s.height, s.width, 3), np.uint8)
+  tokens = rng.integers(3, 20, (config.train.batch_size, config.model.txt_size)).astype(np.int32)
+  tokens[:, 0] = 1
+  return sharding.global_batch_from_host({"video": video, "tokens": tokens}, mesh)
+
+
+class ValidationTest(absltest.TestCase):
+
+  def test_errors_name_the_field(self):
+    cases = [
+        (lambda c: c.model.update(patch_size=3), "config.model: .*img_size=8 is not divisible by patch_size=3"),
+        (lambda c: c.model.update(head_dim=48), "not divisible by head_dim=48"),
+        (lambda c: c.mesh.update(shape=(3, 4, 1)), r"mesh shape \(3, 4, 1\) needs 12 devices but 8"),
+        (lambda c: c.train.update(batch_size=12), "batch_size=12 is not divisible by the data-parallel size 8"),
+        (lambda c: c.model.update(img_size=16), "set model.img_size=8"),
+        (lambda c: c.model.update(in_channels=4), "set model.in_channels accordingly"),
+        (lambda c: c.model.update(learnable_self_denoiser=False), "flow_score_matching=True needs"),
+        (lambda c: c.text.update(kind="none"), "text-conditioned"),
+        (lambda c: c.data.update(source="nope"), "unknown data.source 'nope'"),
+        (lambda c: c.train.update(warmup_steps=50), "warmup_steps=50 must be < num_steps"),
+    ]
+    experiment.validate_experiment(tiny_config(), num_devices=8)
+    for change, message in cases:
+      config = tiny_config()
+      change(config)
+      with self.assertRaisesRegex(ValueError, message):
+        experiment.validate_experiment(config, num_devices=8)
+
+  def test_all_configs_build(self):
+    from experiments.configs import starflow_3b_t2i_256, starflow_v_7b_t2v_480p, tiny_image
+    for module, arg in ((tiny_video, ""), (tiny_image, "shapes"), (starflow_3b_t2i_256, ""),
+                        (starflow_v_7b_t2v_480p, "")):
+      config = module.get_config(arg)
+      experiment.model_config(config)
+    seven_b = experiment.model_config(starflow_v_7b_t2v_480p.get_config())
+    self.assertEqual(seven_b.block_layers, (2, 2, 2, 2, 2, 24))
+    self.assertEqual((seven_b.channels, seven_b.deep_channels, seven_b.head_dim), (3072, 4096, 64))
+
+
+class StepTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+
+  def test_loss_decreases_and_denoiser_learns(self):
+    config = tiny_config(lr=3e-3, warmup_steps=1, num_steps=30)
+    trainer = Trainer(config, self.mesh)
+    state = trainer.init_state(0)
+    batch = make_batch(config, self.mesh)
+    losses = []
+    for _ in range(10):
+      state, m = trainer.step(state, batch)
+      losses.append(float(m["loss"]))
+    self.assertLess(losses[-1], losses[0] - 0.1, losses)
+    self.assertEqual(int(state.step), 10)
+    self.assertEqual(int(state.skipped_steps), 0)
+    # With the flow frozen the score target is fixed, and the denoiser regresses onto it.
+    config = tiny_config(lr=0.0, min_lr=0.0, denoiser_lr=3e-3, warmup_steps=1, num_steps=30)
+    trainer = Trainer(config, self.mesh)
+    state = trainer.init_state(0)
+    den = []
+    for _ in range(10):
+      state, m = trainer.step(state, batch)
+      den.append(float(m["denoiser_loss"]))
+    self.assertLess(den[-1], 0.5 * den[0], den)
+
+  def test_non_finite_and_oversized_steps_are_skipped(self):
+    for settings in (dict(noise_std=float("nan"), flow_score_matching=False),
+                     dict(grad_clip=1e-9, grad_skip_after=0, grad_skip=True)):
+      config = tiny_config(**settings)
+      if settings.get("flow_score_matching") is False:
+        config.model.update(learnable_self_denoiser=False)
+      trainer = Trainer(config, self.mesh)
+      state = trainer.init_state(0)
+      before = jax.device_get(state.params)
+      opt_before = jax.device_get(state.opt_state)
+      state, m = trainer.step(state, make_batch(config, self.mesh))
+      self.assertEqual(int(m["skipped"]), 1, settings)
+      self.assertEqual(int(state.skipped_steps), 1)
+      self.assertEqual(int(state.step), 1)
+      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.opt_state), opt_before)
+
+  def test_first_frame_drop_variant(self):
+    config = tiny_config(drop_first_frame=0.5)
+    trainer = Trainer(config, self.mesh)
+    state = trainer.init_state(0)
+    state, m = trainer.step(state, make_batch(config, self.mesh), drop_first_frame=True)
+    self.assertTrue(np.isfinite(float(m["loss"])))
+    self.assertEqual(int(m["skipped"]), 0)
+
+
+if __name__ == "__main__":
+  absltest.main()
