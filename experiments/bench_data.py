@@ -13,12 +13,12 @@ from data_pipeline import latents, pipeline, preencode, sources
 from experiments.configs import tiny_video
 
 flags.DEFINE_integer("batches", 40, "timed batches (after 2 warm-up batches)")
-flags.DEFINE_integer("batch_size", 32, "examples per batch")
+flags.DEFINE_integer("examples_per_batch", 32, "examples per batch")
 FLAGS = flags.FLAGS
 
 
 def throughput(source, transforms, workers: int) -> float:
-  options = pipeline.PipelineOptions(batch_size=FLAGS.batch_size, seed=0, worker_count=workers)
+  options = pipeline.PipelineOptions(batch_size=FLAGS.examples_per_batch, seed=0, worker_count=workers)
   iterator = iter(pipeline.build_dataset(source, options, transforms))
   for _ in range(2):
     next(iterator)
@@ -28,7 +28,7 @@ def throughput(source, transforms, workers: int) -> float:
   seconds = time.perf_counter() - start
   if hasattr(iterator, "close"):
     iterator.close()
-  return FLAGS.batches * FLAGS.batch_size / seconds
+  return FLAGS.batches * FLAGS.examples_per_batch / seconds
 
 
 def main(argv):
@@ -41,7 +41,7 @@ def main(argv):
     latent_source = latents.LatentSource(tmp, "train")
     c = config.data
     print(f"shapes clips: {c.shapes.num_frames}x{c.shapes.height}x{c.shapes.width}x3 uint8; "
-          f"latents: {latent_source[0]['video'].shape} float32; batch {FLAGS.batch_size}")
+          f"latents: {latent_source[0]['video'].shape} float32; batch {FLAGS.examples_per_batch}")
     for workers in (0, 2):
       print(f"procedural shapes, {workers} workers: {throughput(source, shapes_transforms, workers):8.0f} examples/s",
             flush=True)

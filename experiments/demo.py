@@ -27,13 +27,13 @@ flags.DEFINE_string("out_dir", "demo_output", "where the training workdir and th
 flags.DEFINE_string("config_arg", "", "argument of tiny_video.get_config ('' or 'micro' for a fast check)")
 FLAGS = flags.FLAGS
 
-PROMPTS = (
+PROMPTS = (  # the tiny_video vocabulary: red/green/blue/yellow, square/circle/triangle, 4 directions
     "a red circle moving left",
     "a blue square moving down",
     "a green triangle moving right",
     "a yellow square moving up",
-    "a magenta circle moving right",
-    "a cyan triangle moving down",
+    "a blue circle moving right",
+    "a red triangle moving down",
 )
 
 
@@ -57,7 +57,7 @@ def main(argv):
   bundle = checkpoint.load_bundle(model_dir)
   defaults = bundle.sampling_defaults
   frames = defaults["num_frames"]
-  options = SamplingOptions(method="jacobi", guidance=defaults["guidance"],
+  options = SamplingOptions(method=defaults["method"], guidance=defaults["guidance"],
                             jacobi=JacobiOptions(block_size=defaults["jacobi_block_size"],
                                                  threshold=defaults["jacobi_threshold"]),
                             noise_std=defaults["noise_std"], window=frames, progress=False)
@@ -84,7 +84,7 @@ def main(argv):
         f"{final.get('loss', float('nan')):.3f}, bpd {final.get('bpd', float('nan')):.3f} (of the "
         f"noise-augmented pixels, sigma {defaults['noise_std']})")
   print(f"sampled {len(PROMPTS)} clips of {frames} frames and one of {3 * frames} frames in "
-        f"{sample_seconds:.0f}s (Jacobi, guidance {defaults['guidance']}, learned denoiser)")
+        f"{sample_seconds:.0f}s ({defaults['method']} decoding, guidance {defaults['guidance']}, learned denoiser)")
   print(f"training workdir: {workdir} (TensorBoard: {os.path.join(workdir, 'tensorboard')})")
   print(f"loss curve:       {os.path.join(workdir, 'loss_curve.png')}")
   print(f"model directory:  {model_dir}")

@@ -1,7 +1,5 @@
 """Flow-score matching: the denoiser's frame-block mask, the training target, inference steps."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
