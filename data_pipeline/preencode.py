@@ -5,9 +5,10 @@
 
 Reads `config.data` (any source), clips and resizes as training would (without random
 augmentation), runs `config.autoencoder`'s encoder (compiled, batched) and writes shards of
-`--shard_size` clips plus metadata.json. With --text_model (a model directory holding a trained
-text encoder), captions are stored as embeddings [L, d] and the empty-prompt embedding is saved
-for classifier-free guidance; otherwise the tokens are stored. Train from the result with
+`--shard_size` clips plus metadata.json. With --t5 (a Hugging Face T5 / Flan-T5 directory) or
+--text_model (a model directory holding a trained built-in text encoder), captions are stored as
+embeddings [L, d] and the empty prompt's embedding is saved for classifier-free guidance;
+otherwise the tokens are stored. Train from the result with
 --config.data.source=latents --config.data.latents_dir=DIR. Existing output is never replaced:
 a split already written must be removed by hand.
 """
@@ -37,12 +38,13 @@ flags.DEFINE_integer("num_examples", None, "clips to encode (default: the whole 
 flags.DEFINE_integer("shard_size", 1000, "clips per ArrayRecord shard")
 flags.DEFINE_integer("batch_size", 32, "clips per encoder call")
 flags.DEFINE_string("text_model", None, "model directory whose built-in text encoder embeds captions")
+flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory whose encoder embeds captions")
 FLAGS = flags.FLAGS
 
 
 def preencode(config, out_dir: str, split: str = "train", num_examples: int | None = None,
               shard_size: int = 1000, batch_size: int = 32, text_model: str | None = None,
-              progress: bool = True) -> dict:
+              t5: str | None = None, progress: bool = True) -> dict:
   """Writes the shards of one split and (re)writes metadata.json; returns the metadata."""
   existing = latents.shard_paths(out_dir, split)
   if existing:
@@ -74,6 +76,16 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
     encoder = TextEncoder(bundle.text_config)
     embed = jax.jit(lambda ids: encoder.apply({"params": bundle.text_params}, ids))
     null_embedding = np.asarray(embed(jnp.asarray(tokenizer.encode_batch([""]))))[0]
+  t5 = t5 or config.text.get("t5_path", "") or None
+  if t5:
+    from starflow_jax.text.t5 import T5TextEncoder
+    t5_encoder = T5TextEncoder(t5, config.model.txt_size)
+    embed_captions = lambda captions: np.asarray(t5_encoder(captions))
+    null_embedding = np.asarray(t5_encoder([""]))[0]
+  elif embed is not None:
+    embed_captions = lambda captions: np.asarray(embed(jnp.asarray(tokenizer.encode_batch(captions))))
+  else:
+    embed_captions = None
   num_shards = -(-total // shard_size)
   written, shard, writer = 0, -1, None
   bar = tqdm.tqdm(total=total, desc=f"encoding {split}", disable=not progress)
@@ -83,8 +95,8 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
       lat = np.asarray(encode(jnp.asarray(batch["video"])))
       latent_shape = list(lat.shape[1:])
       emb = None
-      if embed is not None:
-        emb = np.asarray(embed(jnp.asarray(tokenizer.encode_batch([str(c) for c in batch["caption"]]))))
+      if embed_captions is not None:
+        emb = embed_captions([str(c) for c in batch["caption"]])
       for i in range(len(lat)):
         if written >= total:
           break
@@ -116,7 +128,8 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
   metadata.update({
       "video_shape": [frames, height, width, channels], "latent_shape": latent_shape,
       "autoencoder": ae_config.to_dict(), "vocabulary": sources.caption_vocabulary(config.data),
-      "text_embeddings": embed is not None, "source": config.data.source})
+      "text_embeddings": embed_captions is not None, "text_encoder": t5 or text_model or "",
+      "source": config.data.source})
   metadata["splits"][split] = written
   if null_embedding is not None:
     np.save(os.path.join(out_dir, latents.NULL_EMBEDDING), null_embedding)
@@ -130,7 +143,7 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
 def main(argv):
   del argv
   metadata = preencode(FLAGS.config, FLAGS.out_dir, FLAGS.split, FLAGS.num_examples,
-                       FLAGS.shard_size, FLAGS.batch_size, FLAGS.text_model)
+                       FLAGS.shard_size, FLAGS.batch_size, FLAGS.text_model, FLAGS.t5)
   print(f"wrote {metadata['splits'][FLAGS.split]} clips of latents {metadata['latent_shape']} "
         f"to {FLAGS.out_dir}")
 

@@ -50,6 +50,7 @@ flags.DEFINE_integer("jacobi_block_size", None, "Jacobi block size in the first 
 flags.DEFINE_float("jacobi_threshold", None, "Jacobi stop threshold tau")
 flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
 flags.DEFINE_integer("fps", 4, "frames per second of the written video")
+flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
 
 log = logging.getLogger("starflow_jax.sample")
 
@@ -138,7 +139,11 @@ def main(argv):
     pixel_size = bundle.config.img_size * build_autoencoder(bundle.autoencoder_config).spatial_factor
     max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
     condition = load_frames(FLAGS.input, pixel_size, max_frames)[None]
-  sampler = VideoSampler(bundle, options)
+  text_encoder = None
+  if FLAGS.t5:
+    from starflow_jax.text.t5 import T5TextEncoder
+    text_encoder = T5TextEncoder(FLAGS.t5, bundle.config.txt_size)
+  sampler = VideoSampler(bundle, options, text_encoder=text_encoder)
   start = time.time()
   videos = sampler.generate(prompts or None, num_frames, FLAGS.seed, condition_video=condition,
                             batch_size=FLAGS.num_samples)

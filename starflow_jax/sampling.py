@@ -76,7 +76,12 @@ class SamplingOptions:
 class VideoSampler:
   """Samples a trained model (a `ModelBundle` read from a model directory)."""
 
-  def __init__(self, bundle: ModelBundle, options: SamplingOptions = SamplingOptions()):
+  def __init__(self, bundle: ModelBundle, options: SamplingOptions = SamplingOptions(),
+               text_encoder=None):
+    """`text_encoder`: prompts -> embeddings [B, L, txt_dim] for models trained on an external,
+    frozen encoder (e.g. `starflow_jax.text.t5.T5TextEncoder` for Flan-T5); the null condition
+    is its encoding of the empty prompt."""
+    self.external_text_encoder = text_encoder
     self.bundle = bundle
     self.config = bundle.config
     self.params = bundle.params
@@ -140,8 +145,10 @@ class VideoSampler:
       labels = jnp.asarray([int(p) for p in prompts], jnp.int32)
       return labels, jnp.full_like(labels, cfg.num_classes)
     if self.text_encoder is None:
-      raise ValueError("this model directory has no built-in text encoder; pass text embeddings "
-                       "(cond=...) from the encoder it was trained with (e.g. Flan-T5)")
+      if self.external_text_encoder is not None:
+        return self.external_text_encoder(list(prompts)), self.external_text_encoder([""] * len(prompts))
+      raise ValueError("this model directory has no built-in text encoder; give the encoder it was "
+                       "trained with (--t5=DIR for Flan-T5) or pass text embeddings (cond=...)")
     tokenizer = self.bundle.text_config.tokenizer
     unknown = sorted({w for p in prompts for w in tokenizer.unknown_words(p)})
     if unknown:

@@ -20,7 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
       denoiser_layers=8, num_classes=0, compute_dtype="float32", remat=False))
 
   # Built-in text encoder ('words' / 'bytes'), or 'none' (embeddings come with the data).
-  c.text = ml_collections.ConfigDict(dict(kind="none", width=64, num_layers=1, head_dim=32))
+  # t5_path: a Hugging Face T5 / Flan-T5 directory whose frozen encoder embeds captions when
+  # pre-encoding data (data_pipeline.preencode) and at sampling (experiments.sample --t5).
+  c.text = ml_collections.ConfigDict(dict(kind="none", width=64, num_layers=1, head_dim=32, t5_path=""))
 
   c.autoencoder = ml_collections.ConfigDict(dict(kind="identity", scale=1.0, shift=0.0, checkpoint=""))
 

@@ -21,7 +21,9 @@ def get_config(arg: str = ""):
       txt_size=256, txt_dim=2048, cond_top_only=True, temporal_causal=2, shallow_block_local=True,
       learnable_self_denoiser=True, conditional_denoiser=True, denoiser_window=10,
       soft_clip=4.0, compute_dtype="bfloat16", remat=True)
-  c.text.update(kind="none")  # Flan-T5-XL embeddings come with the pre-encoded data
+  # Flan-T5-XL embeddings come with the pre-encoded data; the encoder itself (a local copy of
+  # the Hugging Face google/flan-t5-xl directory) is read when pre-encoding and sampling.
+  c.text.update(kind="none", t5_path="/data/hf/flan-t5-xl")
   c.autoencoder.update(kind="wan2.2", scale=0.6)
   c.train.update(batch_size=192, num_steps=300_000, lr=5e-5, min_lr=1e-6, warmup_steps=5_000,
                  noise_std=0.5, dequantize=False, drop_label=0.1, drop_first_frame=0.25,
