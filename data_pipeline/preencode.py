@@ -31,15 +31,20 @@ from starflow_jax import experiment
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.train import pixels_to_unit
 
-config_flags.DEFINE_config_file("config", None, "experiment config whose data/autoencoder to use")
-flags.DEFINE_string("out_dir", None, "directory for the shards and metadata.json")
-flags.DEFINE_string("split", "train", "split to encode ('train' or 'eval')")
-flags.DEFINE_integer("num_examples", None, "clips to encode (default: the whole split)")
-flags.DEFINE_integer("shard_size", 1000, "clips per ArrayRecord shard")
-flags.DEFINE_integer("batch_size", 32, "clips per encoder call")
-flags.DEFINE_string("text_model", None, "model directory whose built-in text encoder embeds captions")
-flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory whose encoder embeds captions")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  config_flags.DEFINE_config_file("config", None, "experiment config whose data/autoencoder to use")
+  flags.DEFINE_string("out_dir", None, "directory for the shards and metadata.json")
+  flags.DEFINE_string("split", "train", "split to encode ('train' or 'eval')")
+  flags.DEFINE_integer("num_examples", None, "clips to encode (default: the whole split)")
+  flags.DEFINE_integer("shard_size", 1000, "clips per ArrayRecord shard")
+  flags.DEFINE_integer("batch_size", 32, "clips per encoder call")
+  flags.DEFINE_string("text_model", None, "model directory whose built-in text encoder embeds captions")
+  flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory whose encoder embeds captions")
 
 
 def preencode(config, out_dir: str, split: str = "train", num_examples: int | None = None,
@@ -64,7 +69,7 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
                                    sources.element_transforms(config.data, tokenizer, training=False, keep=keep))
   ae_config = experiment.autoencoder_config(config)
   autoencoder = build_autoencoder(ae_config)
-  encode = jax.jit(lambda video: autoencoder.encode(None, pixels_to_unit(video, None)))
+  encode = jax.jit(lambda video: autoencoder.encode(pixels_to_unit(video, None)))
   embed = null_embedding = None
   if text_model:
     from starflow_jax import checkpoint
@@ -149,5 +154,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config", "out_dir"])
   app.run(main)

@@ -10,9 +10,14 @@ Downloads and builds the dataset with `file_format=array_record`, so that traini
 
 from absl import app, flags
 
-flags.DEFINE_string("name", None, "tfds dataset name, e.g. ucf101, moving_mnist, mnist")
-flags.DEFINE_string("data_dir", None, "where to write the prepared dataset")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_string("name", None, "tfds dataset name, e.g. ucf101, moving_mnist, mnist")
+  flags.DEFINE_string("data_dir", None, "where to write the prepared dataset")
 
 
 def main(argv):
@@ -26,5 +31,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["name", "data_dir"])
   app.run(main)

@@ -12,9 +12,14 @@ from absl import app, flags
 from data_pipeline import latents, pipeline, preencode, sources
 from experiments.configs import tiny_video
 
-flags.DEFINE_integer("batches", 40, "timed batches (after 2 warm-up batches)")
-flags.DEFINE_integer("examples_per_batch", 32, "examples per batch")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_integer("batches", 40, "timed batches (after 2 warm-up batches)")
+  flags.DEFINE_integer("examples_per_batch", 32, "examples per batch")
 
 
 def throughput(source, transforms, workers: int) -> float:
@@ -50,4 +55,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -26,13 +26,19 @@ from starflow_jax.jacobi import JacobiOptions, jacobi_inverse
 from starflow_jax.rope import TokenGrid
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 
-flags.DEFINE_string("model_dir", None, "a trained model directory for the demo-size rows")
-flags.DEFINE_integer("frames", 6, "frames per generated clip")
-flags.DEFINE_integer("batch", 2, "clips per call")
-flags.DEFINE_integer("repeats", 3, "timed runs (median) after the compiling run")
-flags.DEFINE_string("which", "demo,scaled", "comma list of models: demo, scaled")
-flags.DEFINE_float("guidance", 2.0, "classifier-free guidance for every row")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_string("model_dir", None, "a trained model directory for the demo-size rows")
+  flags.DEFINE_integer("frames", 6, "frames per generated clip")
+  flags.DEFINE_integer("batch", 2, "clips per call")
+  flags.DEFINE_integer("repeats", 3, "timed runs (median) after the compiling run")
+  flags.DEFINE_string("which", "demo,scaled", "comma list of models: demo, scaled")
+  flags.DEFINE_float("guidance", 2.0, "classifier-free guidance for every row")
+
 
 DEMO = dict(in_channels=3, img_size=16, patch_size=2, channels=64, top_block_channels=96, num_blocks=3,
             layers_per_block=(1, 1, 3), head_dim=32, txt_size=16, txt_dim=64, cond_top_only=True,
@@ -121,4 +127,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

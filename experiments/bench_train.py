@@ -18,11 +18,16 @@ from experiments.configs import tiny_video
 from starflow_jax import sharding
 from starflow_jax.train import Trainer, tokens_per_step
 
-flags.DEFINE_integer("steps", 10, "timed steps (after one compiling step)")
-flags.DEFINE_float("peak_tflops", 0.0, "device peak TFLOP/s for MFU (0: skip)")
-flags.DEFINE_string("which", "tiny,scaled", "comma list: tiny, scaled")
-flags.DEFINE_string("dtype", "float32", "compute dtype for the scaled-up config")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_integer("steps", 10, "timed steps (after one compiling step)")
+  flags.DEFINE_float("peak_tflops", 0.0, "device peak TFLOP/s for MFU (0: skip)")
+  flags.DEFINE_string("which", "tiny,scaled", "comma list: tiny, scaled")
+  flags.DEFINE_string("dtype", "float32", "compute dtype for the scaled-up config")
 
 
 def scaled_config():
@@ -89,4 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

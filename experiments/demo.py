@@ -23,9 +23,15 @@ from starflow_jax import checkpoint, media, metrics, train_loop
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 
-flags.DEFINE_string("out_dir", "demo_output", "where the training workdir and the samples go")
-flags.DEFINE_string("config_arg", "", "argument of tiny_video.get_config ('' or 'micro' for a fast check)")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_string("out_dir", "demo_output", "where the training workdir and the samples go")
+  flags.DEFINE_string("config_arg", "", "argument of tiny_video.get_config ('' or 'micro' for a fast check)")
+
 
 PROMPTS = (  # the tiny_video vocabulary: red/green/blue/yellow, square/circle/triangle, 4 directions
     "a red circle moving left",
@@ -60,7 +66,8 @@ def main(argv):
   options = SamplingOptions(method=defaults["method"], guidance=defaults["guidance"],
                             jacobi=JacobiOptions(block_size=defaults["jacobi_block_size"],
                                                  threshold=defaults["jacobi_threshold"]),
-                            noise_std=defaults["noise_std"], window=frames, progress=False)
+                            noise_std=defaults["noise_std"], window=defaults.get("latent_frames", frames),
+                            progress=False)
   sampler = VideoSampler(bundle, options)
   sample_dir = os.path.join(FLAGS.out_dir, "samples")
   sample_start = time.time()
@@ -97,4 +104,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

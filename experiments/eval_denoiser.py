@@ -26,12 +26,17 @@ from starflow_jax.model import StarFlow
 from starflow_jax.sampling import OFFICIAL_DENOISE_STEP, SamplingOptions, VideoSampler
 from starflow_jax.train import pixels_to_unit
 
-flags.DEFINE_string("workdir", None, "training workdir (with config.json and model/)")
-flags.DEFINE_integer("num_clips", 64, "held-out clips")
-flags.DEFINE_integer("num_samples", 16, "generated clips for the sample statistic")
-flags.DEFINE_integer("seed", 0, "noise seed")
-flags.DEFINE_string("out", None, "side-by-side PNG (default WORKDIR/denoiser_ablation.png)")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_string("workdir", None, "training workdir (with config.json and model/)")
+  flags.DEFINE_integer("num_clips", 64, "held-out clips")
+  flags.DEFINE_integer("num_samples", 16, "generated clips for the sample statistic")
+  flags.DEFINE_integer("seed", 0, "noise seed")
+  flags.DEFINE_string("out", None, "side-by-side PNG (default WORKDIR/denoiser_ablation.png)")
 
 
 def held_out_clips(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
@@ -124,5 +129,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("workdir")
   app.run(main)

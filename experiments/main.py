@@ -18,9 +18,14 @@ from experiments.cli import setup_logging
 from starflow_jax import train_loop
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])", lock_config=True)
-flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, samples and the exported model")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])", lock_config=True)
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, samples and the exported model")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -33,4 +38,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

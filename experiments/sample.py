@@ -30,27 +30,33 @@ from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "training workdir or model directory")
-flags.DEFINE_multi_string("prompt", [], "caption(s); repeat the flag for several samples")
-flags.DEFINE_integer("num_samples", 1, "samples per prompt")
-flags.DEFINE_integer("num_frames", None, "frames to generate (default: the training clip length)")
-flags.DEFINE_enum("method", None, ["jacobi", "sequential"], "decoding of the flow inverse")
-flags.DEFINE_float("guidance", None, "classifier-free guidance weight (0: none)")
-flags.DEFINE_integer("seed", 0, "noise seed")
-flags.DEFINE_string("out", "video.mp4", "output path (.mp4 or .gif); a .png grid is written beside")
-flags.DEFINE_enum("mode", "t2v", ["t2v", "i2v", "continue", "v2v"], "what --input is used for")
-flags.DEFINE_string("input", None, "image (png/jpg) or clip (gif/mp4/npy) for i2v / continue / v2v")
-flags.DEFINE_integer("input_frames", None, "frames of --input used as the prefix (default: all)")
-flags.DEFINE_integer("window", None, "frames the deep block attends to (default: training length)")
-flags.DEFINE_integer("context", None, "frames kept when the window slides (default window - 1)")
-flags.DEFINE_enum("denoise", "auto", ["auto", "learned", "score", "none"], "final denoising step")
-flags.DEFINE_float("denoise_step", None, "learned denoiser step (default sigma; official 0.3)")
-flags.DEFINE_float("noise_std", None, "training noise sigma (default: from the model directory)")
-flags.DEFINE_integer("jacobi_block_size", None, "Jacobi block size in the first frame (x4 after)")
-flags.DEFINE_float("jacobi_threshold", None, "Jacobi stop threshold tau")
-flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
-flags.DEFINE_integer("fps", 4, "frames per second of the written video")
-flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
+
+
+def define_flags():
+  """Registers the flags of this command; called only when it runs as a program, so that
+  every module can be imported into one process (tests) without clashing flag names."""
+  flags.DEFINE_string("workdir", None, "training workdir or model directory")
+  flags.DEFINE_multi_string("prompt", [], "caption(s); repeat the flag for several samples")
+  flags.DEFINE_integer("num_samples", 1, "samples per prompt")
+  flags.DEFINE_integer("num_frames", None, "frames to generate (default: the training clip length)")
+  flags.DEFINE_enum("method", None, ["jacobi", "sequential"], "decoding of the flow inverse")
+  flags.DEFINE_float("guidance", None, "classifier-free guidance weight (0: none)")
+  flags.DEFINE_integer("seed", 0, "noise seed")
+  flags.DEFINE_string("out", "video.mp4", "output path (.mp4 or .gif); a .png grid is written beside")
+  flags.DEFINE_enum("mode", "t2v", ["t2v", "i2v", "continue", "v2v"], "what --input is used for")
+  flags.DEFINE_string("input", None, "image (png/jpg) or clip (gif/mp4/npy) for i2v / continue / v2v")
+  flags.DEFINE_integer("input_frames", None, "frames of --input used as the prefix (default: all)")
+  flags.DEFINE_integer("window", None, "latent frames the deep block attends to (default: training length)")
+  flags.DEFINE_integer("context", None, "latent frames kept when the window slides (default window - 1)")
+  flags.DEFINE_enum("denoise", "auto", ["auto", "learned", "score", "none"], "final denoising step")
+  flags.DEFINE_float("denoise_step", None, "learned denoiser step (default sigma; official 0.3)")
+  flags.DEFINE_float("noise_std", None, "training noise sigma (default: from the model directory)")
+  flags.DEFINE_integer("jacobi_block_size", None, "Jacobi block size in the first frame (x4 after)")
+  flags.DEFINE_float("jacobi_threshold", None, "Jacobi stop threshold tau")
+  flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
+  flags.DEFINE_integer("fps", 4, "frames per second of the written video")
+  flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
+
 
 log = logging.getLogger("starflow_jax.sample")
 
@@ -105,7 +111,7 @@ def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
                            max_iter=int(pick(FLAGS.jacobi_max_iter, "jacobi_max_iter", 32))),
       denoise=FLAGS.denoise, denoise_step=FLAGS.denoise_step,
       noise_std=float(pick(FLAGS.noise_std, "noise_std", 0.0)),
-      window=FLAGS.window or d.get("num_frames"), context=FLAGS.context)
+      window=FLAGS.window or d.get("latent_frames", d.get("num_frames")), context=FLAGS.context)
 
 
 def output_paths(out: str, index: int | None) -> tuple[str, str]:
@@ -167,6 +173,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("workdir")
   try:
     app.run(main)

@@ -95,6 +95,10 @@ def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | No
   if max(lat_h, lat_w) != model.img_size:
     raise ValueError(f"model.img_size={model.img_size} but the data's latent frames are {lat_h}x{lat_w}; "
                      f"set model.img_size={max(lat_h, lat_w)}")
+  try:
+    ae.latent_frames(frames)
+  except ValueError as e:
+    raise ValueError(f"config.data: {e}") from e
   if ae.latent_channels(channels) != model.in_channels:
     raise ValueError(f"model.in_channels={model.in_channels} but the latents have "
                      f"{ae.latent_channels(channels)} channels; set model.in_channels accordingly")

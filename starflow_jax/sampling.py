@@ -187,7 +187,7 @@ class VideoSampler:
       prefix = self._condition_latents(condition_video, batch, latent_frames, seed)
     latents = self.sample_latents(z, cond, null_cond, prefix)
     latents = self.denoise(latents, cond)
-    pixels = self.autoencoder.decode(None, latents)
+    pixels = self.autoencoder.decode(latents)
     if not cfg.is_video:
       pixels, latents = pixels[:, 0], latents[:, 0]
     return (pixels, latents) if return_latents else pixels
@@ -205,7 +205,7 @@ class VideoSampler:
     if tuple(video.shape[2:4]) != expected:
       raise ValueError(f"conditioning frames are {video.shape[2]}x{video.shape[3]} but the model "
                        f"generates {expected[0]}x{expected[1]}; resize them first")
-    latents = self.autoencoder.encode(None, video)
+    latents = self.autoencoder.encode(video)
     if latents.shape[1] >= latent_frames:
       raise ValueError(f"the conditioning clip has {latents.shape[1]} latent frames but only "
                        f"{latent_frames} are generated; ask for more frames")

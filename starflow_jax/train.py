@@ -228,7 +228,7 @@ class Trainer:
     if s.pre_encoded:
       x = video.astype(jnp.float32)
     else:
-      x = self.autoencoder.encode(None, pixels_to_unit(video, deq_rng if s.dequantize else None))
+      x = self.autoencoder.encode(pixels_to_unit(video, deq_rng if s.dequantize else None))
     if not self.model_config.is_video:
       x = x[:, 0]  # images: [B, H, W, C]
     batch = dict(batch)

@@ -24,6 +24,7 @@ import tqdm
 from data_pipeline import pipeline, sources
 from starflow_jax import checkpoint as model_checkpoint
 from starflow_jax import experiment, media, metrics as metrics_lib, sharding
+from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.train import Trainer, TrainState, drop_first_frame_now
 from starflow_jax.train_checkpoint import TrainCheckpointer, export_model
 
@@ -93,8 +94,10 @@ class _Sampler:
 def sampling_defaults(config: ml_collections.ConfigDict) -> dict:
   """What the sampler should know about training: stored in the exported model directory."""
   s = config.sample
-  return {"noise_std": float(config.train.noise_std),
-          "num_frames": int(sources.example_shape(config.data)[0]),
+  frames = int(sources.example_shape(config.data)[0])
+  autoencoder = build_autoencoder(experiment.autoencoder_config(config))
+  return {"noise_std": float(config.train.noise_std), "num_frames": frames,
+          "latent_frames": int(autoencoder.latent_frames(frames)),
           "guidance": float(s.guidance), "method": s.method,
           "jacobi_block_size": int(s.jacobi_block_size), "jacobi_threshold": float(s.jacobi_threshold),
           "jacobi_max_iter": int(s.jacobi_max_iter)}

@@ -38,6 +38,8 @@ def count_compilations():
 
 
 def run_cli(argv):
+  if "workdir" not in flags.FLAGS:
+    sample_cli.define_flags()
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["sample"] + argv)
   sample_cli.main(["sample"])

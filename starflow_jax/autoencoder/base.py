@@ -1,17 +1,25 @@
-"""The autoencoder interface and the identity (pixel-space) autoencoder.
+"""The autoencoder interface: identity (pixel space), the small causal 3D VAE, and the shape
+facts of pretrained latent spaces (SD-VAE, WAN 2.2).
 
 An autoencoder maps videos [B, T, H, W, C] in [-1, 1] to latents [B, T', H', W', C'] and back,
-with spatial / temporal compression factors and a latent normalisation
-latents = (raw - shift) * scale (the official VAE latents are scaled, e.g. by 0.6 for WAN 2.2).
-The flow models the normalised latents; sampling decodes them back to pixels.
+`encode(video)` / `decode(latents)`, with spatial / temporal compression factors and a latent
+normalisation latents = (raw - shift) * scale (the official WAN 2.2 latents are scaled by 0.6).
+Learned autoencoders hold their own frozen parameters (loaded from `config.checkpoint`) and
+decode long videos in chunks of latent frames so memory stays flat.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
 
+import jax
 import jax.numpy as jnp
+
+# Latent frames a decoded pixel frame can depend on, behind its own (causal_vae.Decoder: the res
+# block at the latent rate reaches 4 frames back; the three pixel-rate stages and the output conv
+# reach 14 pixel frames, i.e. under 4 latent frames).
+DECODE_CONTEXT = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +27,8 @@ class AutoencoderConfig:
   kind: str = "identity"
   scale: float = 1.0
   shift: float = 0.0
-  checkpoint: str = ""  # parameters of learned autoencoders
+  checkpoint: str = ""  # parameters of learned autoencoders (an autoencoder directory)
+  decode_chunk: int = 8  # latent frames per decoder call for long videos (causal VAEs)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -44,18 +53,62 @@ class IdentityAutoencoder:
   def latent_frames(self, frames: int) -> int:
     return frames
 
-  def encode(self, params: Any, video: jnp.ndarray) -> jnp.ndarray:
+  def encode(self, video: jnp.ndarray) -> jnp.ndarray:
     return (video - self.config.shift) * self.config.scale
 
-  def decode(self, params: Any, latents: jnp.ndarray) -> jnp.ndarray:
+  def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
     return latents / self.config.scale + self.config.shift
+
+
+class CausalVAEAutoencoder:
+  """The small causal 3D VAE of `causal_vae.py`, frozen, from an autoencoder directory."""
+
+  def __init__(self, config: AutoencoderConfig):
+    from starflow_jax.autoencoder import causal_vae, vae_checkpoint
+    if not config.checkpoint:
+      raise ValueError("autoencoder kind 'causal_vae' needs autoencoder.checkpoint: the directory "
+                       "written by `python -m experiments.train_vae`")
+    self.config = config
+    self.vae_config, self.params = vae_checkpoint.load(config.checkpoint)
+    self.module = causal_vae.CausalVAE(self.vae_config)
+    self.spatial_factor = self.vae_config.spatial_factor
+    self.temporal_factor = self.vae_config.temporal_factor
+    self._check = functools.partial(causal_vae.check_frames, temporal_factor=self.temporal_factor)
+    self._decode_chunk = jax.jit(lambda p, z: self.module.apply({"params": p}, z, method=causal_vae.CausalVAE.decode))
+
+  def latent_channels(self, channels: int) -> int:
+    return self.vae_config.latent_channels
+
+  def latent_frames(self, frames: int) -> int:
+    self._check(frames)
+    return (frames - 1) // self.temporal_factor + 1
+
+  def encode(self, video: jnp.ndarray) -> jnp.ndarray:
+    self._check(video.shape[1])
+    raw = self.module.apply({"params": self.params}, video, method=self.module.encode)
+    return (raw - self.config.shift) * self.config.scale
+
+  def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
+    """Latents -> pixels. Long videos are decoded in chunks of `decode_chunk` latent frames, each
+    with DECODE_CONTEXT earlier latent frames in front (the decoder's whole causal receptive field),
+    of which only the chunk's own pixel frames are kept: memory stays flat, results are exact."""
+    raw = latents / self.config.scale + self.config.shift
+    t, chunk = raw.shape[1], max(1, self.config.decode_chunk)
+    if t <= chunk + DECODE_CONTEXT:
+      return self._decode_chunk(self.params, raw)
+    pieces = [self._decode_chunk(self.params, raw[:, :chunk])]
+    for start in range(chunk, t, chunk):
+      end = min(start + chunk, t)
+      pixels = self._decode_chunk(self.params, raw[:, max(0, start - DECODE_CONTEXT): end])
+      pieces.append(pixels[:, -self.temporal_factor * (end - start):])
+    return jnp.concatenate(pieces, axis=1)
 
 
 class PretrainedLatentSpace:
   """A latent space produced by a pretrained VAE outside this package (SD-VAE for images, WAN 2.2
   for video): its shape facts, for configs that train from pre-encoded latents. Encoding and
-  decoding need that VAE's weights and code; until starflow_jax ships a port, use the
-  official VAE to pre-encode data and to decode samples."""
+  decoding need that VAE's weights and code: pre-encode data and decode samples with the
+  original VAE."""
 
   def __init__(self, config: AutoencoderConfig, spatial: int, temporal: int, channels: int):
     self.config = config
@@ -70,12 +123,12 @@ class PretrainedLatentSpace:
   def _unavailable(self, what):
     raise ValueError(f"autoencoder kind {self.config.kind!r} cannot {what} inside starflow_jax; "
                      "train from pre-encoded latents (data.source='latents') and decode samples with "
-                     "the original VAE, or use kind 'identity'")
+                     "the original VAE, or use kind 'identity' / 'causal_vae'")
 
-  def encode(self, params, video):
+  def encode(self, video):
     self._unavailable("encode")
 
-  def decode(self, params, latents):
+  def decode(self, latents):
     self._unavailable("decode")
 
 
@@ -85,7 +138,9 @@ _PRETRAINED = {"sd_vae": (8, 1, 4), "wan2.2": (16, 4, 48)}
 def build_autoencoder(config: AutoencoderConfig):
   if config.kind == "identity":
     return IdentityAutoencoder(config)
+  if config.kind == "causal_vae":
+    return CausalVAEAutoencoder(config)
   if config.kind in _PRETRAINED:
     return PretrainedLatentSpace(config, *_PRETRAINED[config.kind])
-  raise ValueError(f"unknown autoencoder kind {config.kind!r}; available: 'identity', "
+  raise ValueError(f"unknown autoencoder kind {config.kind!r}; available: 'identity', 'causal_vae', "
                    f"{', '.join(repr(k) for k in _PRETRAINED)}")

@@ -1,0 +1,39 @@
+"""Autoencoder directories: the causal VAE's config and parameters (orbax), written atomically."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import orbax.checkpoint as ocp
+
+from starflow_jax.autoencoder.causal_vae import CausalVAE, CausalVAEConfig
+from starflow_jax.checkpoint import atomic_directory_write
+
+
+def save(directory: str, config: CausalVAEConfig, params, report: dict | None = None,
+         overwrite: bool = False) -> str:
+  items = {"params": ocp.args.StandardSave(jax.device_get(params)),
+           "vae_config": ocp.args.JsonSave(config.to_dict())}
+  if report:
+    items["report"] = ocp.args.JsonSave(report)
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  return atomic_directory_write(directory, lambda p: ckptr.save(p, ocp.args.Composite(**items)), overwrite)
+
+
+def load(directory: str) -> tuple[CausalVAEConfig, dict]:
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    config = CausalVAEConfig.from_dict(
+        ckptr.restore(directory, ocp.args.Composite(vae_config=ocp.args.JsonRestore()))["vae_config"])
+    x = jnp.zeros((1, 1 + config.temporal_factor, config.spatial_factor, config.spatial_factor,
+                   config.in_channels))
+    target = nn.unbox(jax.eval_shape(lambda: CausalVAE(config).init(jax.random.PRNGKey(0), x,
+                                                                    jax.random.PRNGKey(1))["params"]))
+    params = ckptr.restore(directory, ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+  except FileNotFoundError:
+    raise
+  except Exception as e:
+    raise ValueError(f"{directory} is not a readable causal-VAE directory ({type(e).__name__}: {e}); "
+                     "write one with `python -m experiments.train_vae`") from e
+  return config, params
