@@ -47,6 +47,13 @@ def evaluate(module, params, config, clips: int) -> dict:
 
 
 def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  out_dir = os.path.join(workdir, "autoencoder")
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"{out_dir} already holds an autoencoder; choose a new --workdir or remove it "
+                          "by hand (a trained VAE is never replaced)")
+  if not 0 <= config.train.warmup_steps < config.train.num_steps:
+    raise ValueError(f"train.warmup_steps ({config.train.warmup_steps}) must be below train.num_steps "
+                     f"({config.train.num_steps}); lower --config.train.warmup_steps")
   vae_config = causal_vae.CausalVAEConfig(in_channels=3, **config.vae.to_dict())
   frames = config.data.shapes.num_frames
   causal_vae.check_frames(frames, vae_config.temporal_factor)
@@ -78,7 +85,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = evaluate(module, params, config, config.eval_clips)
   report.update(train_minutes=(time.time() - start) / 60, steps=config.train.num_steps,
                 latent_shape=list(module.apply({"params": params}, sample[:1], method=module.encode).shape[1:]))
-  vae_checkpoint.save(os.path.join(workdir, "autoencoder"), vae_config, params, report, overwrite=True)
+  vae_checkpoint.save(out_dir, vae_config, params, report)
   with open(os.path.join(workdir, "vae_report.json"), "w") as f:
     json.dump(report, f, indent=1)
   return report
