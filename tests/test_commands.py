@@ -18,6 +18,7 @@ COMMANDS = (
     "experiments.bench_train",
     "experiments.demo",
     "experiments.eval_denoiser",
+    "experiments.eval_samples",
     "experiments.main",
     "experiments.sample",
     "experiments.train_vae",

@@ -158,10 +158,6 @@ class PipelineTest(absltest.TestCase):
       pipeline.ToTrainingExample(None).map({"video": np.zeros((4, 4))})
 
 
-if __name__ == "__main__":
-  absltest.main()
-
-
 TFDS_METADATA = os.path.join(os.path.dirname(__file__), "data", "tfds")
 TFDS_PREPARED = os.path.join(os.path.dirname(__file__), "data", "tfds_prepared")
 
@@ -276,3 +272,35 @@ class DigitsTest(absltest.TestCase):
     element = train[0]
     self.assertEqual(element["video"].shape, (1, 8, 8, 1))
     self.assertEqual(element["caption"], f"a handwritten digit {int(element['label'])}")
+
+
+class ShapesScoreTest(absltest.TestCase):
+  """The prompt-adherence scorer: perfect on real clips, fooled by neither recolouring nor
+  reversed time, and strict about captions it cannot parse."""
+
+  def test_scores_real_recoloured_and_reversed_clips(self):
+    from data_pipeline import shapes_score
+    config = ShapesConfig(num_frames=6, height=32, width=32, max_objects=1,
+                          colors=("red", "green", "blue", "yellow"))
+    source = MovingShapesSource(config)
+    examples = [source[i] for i in range(24)]
+    videos = np.stack([e["video"] for e in examples])
+    captions = [e["caption"] for e in examples]
+    real = shapes_score.score_clips(videos, captions, config.colors)
+    self.assertEqual(real["colour_accuracy"], 1.0)
+    self.assertGreaterEqual(real["direction_accuracy"], 0.9)  # a bounce in the first frames can hide it
+    recoloured = videos[..., ::-1]  # RGB -> BGR: red reads as blue, no colour stays itself
+    self.assertLess(shapes_score.score_clips(recoloured, captions, config.colors)["colour_accuracy"], 0.3)
+    reversed_time = shapes_score.score_clips(videos[:, ::-1], captions, config.colors)
+    self.assertLess(reversed_time["direction_accuracy"], 0.2)
+    blank = shapes_score.score_clips(np.zeros_like(videos[:2]), captions[:2], config.colors)
+    self.assertEqual((blank["visible"], blank["colour_accuracy"], blank["direction_accuracy"]), (0.0, 0.0, 0.0))
+
+  def test_unparseable_caption_is_an_error(self):
+    from data_pipeline import shapes_score
+    with self.assertRaisesRegex(ValueError, "single-object caption"):
+      shapes_score.parse_caption("a red circle moving left and a blue square moving up")
+
+
+if __name__ == "__main__":
+  absltest.main()
