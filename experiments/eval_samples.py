@@ -13,6 +13,7 @@ import os
 
 from absl import app, flags
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -22,6 +23,7 @@ from experiments.cli import setup_logging
 from starflow_jax import checkpoint, media
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler
+from starflow_jax.train import pixels_to_unit
 
 FLAGS = flags.FLAGS
 
@@ -40,8 +42,8 @@ def vocabulary_prompts(shapes_config) -> list[str]:
           itertools.product(shapes_config.colors, shapes_config.shapes, DIRECTIONS)]
 
 
-def real_clip_scores(config: ml_collections.ConfigDict, count: int) -> dict:
-  """The scorer on held-out single-object clips of the training source: its ceiling."""
+def real_clips(config: ml_collections.ConfigDict, count: int) -> tuple[np.ndarray, list[str]]:
+  """Held-out single-object clips (uint8) of the training source and their captions."""
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.source = "shapes"  # also for models trained from latents pre-encoded from the shapes
   source = sources.build_source(data, "eval")
@@ -53,7 +55,7 @@ def real_clip_scores(config: ml_collections.ConfigDict, count: int) -> dict:
       captions.append(str(example["caption"]))
     if len(videos) == count:
       break
-  return shapes_score.score_clips(np.stack(videos), captions, tuple(config.data.shapes.colors))
+  return np.stack(videos), captions
 
 
 def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
@@ -72,9 +74,15 @@ def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)]
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, frames, seed=seed))))
   palette = tuple(config.data.shapes.colors)
-  return {"samples": shapes_score.score_clips(videos, prompts, palette),
-          "real clips": real_clip_scores(config, len(prompts)),
-          "method": defaults["method"], "guidance": defaults["guidance"], "frames": frames}
+  report = {"samples": shapes_score.score_clips(videos, prompts, palette)}
+  real, captions = real_clips(config, len(prompts))
+  report["real clips"] = shapes_score.score_clips(real, captions, palette)  # the scorer's ceiling
+  if config.autoencoder.kind != "identity":  # the ceiling of a latent-space model
+    unit = pixels_to_unit(jnp.asarray(real), None)
+    decoded = sampler.autoencoder.decode(sampler.autoencoder.encode(unit))
+    report["autoencoded"] = shapes_score.score_clips(media.to_uint8(np.asarray(decoded)), captions, palette)
+  report.update(method=defaults["method"], guidance=defaults["guidance"], frames=frames)
+  return report
 
 
 def main(argv):
@@ -84,7 +92,9 @@ def main(argv):
   print(f"\nprompt adherence ({report['method']} decoding, guidance {report['guidance']}, "
         f"{report['frames']} frames)")
   print(f"{'':12s} {'clips':>6s} {'visible':>8s} {'colour':>8s} {'direction':>10s}")
-  for name in ("samples", "real clips"):
+  for name in ("samples", "real clips", "autoencoded"):
+    if name not in report:
+      continue
     r = report[name]
     print(f"{name:12s} {r['clips']:6d} {r['visible']:8.2f} {r['colour_accuracy']:8.2f} "
           f"{r['direction_accuracy']:10.2f}")
