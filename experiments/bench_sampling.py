@@ -23,7 +23,6 @@ from starflow_jax import checkpoint, model as model_lib, tokens
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.config import ModelConfig
 from starflow_jax.jacobi import JacobiOptions, jacobi_inverse
-from starflow_jax.rope import TokenGrid
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 
 FLAGS = flags.FLAGS

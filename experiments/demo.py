@@ -20,8 +20,7 @@ import numpy as np
 from experiments.cli import setup_logging
 from experiments.configs import tiny_video
 from starflow_jax import checkpoint, media, metrics, train_loop
-from starflow_jax.jacobi import JacobiOptions
-from starflow_jax.sampling import SamplingOptions, VideoSampler
+from starflow_jax.sampling import VideoSampler, options_from_defaults
 
 FLAGS = flags.FLAGS
 
@@ -63,11 +62,7 @@ def main(argv):
   bundle = checkpoint.load_bundle(model_dir)
   defaults = bundle.sampling_defaults
   frames = defaults["num_frames"]
-  options = SamplingOptions(method=defaults["method"], guidance=defaults["guidance"],
-                            jacobi=JacobiOptions(block_size=defaults["jacobi_block_size"],
-                                                 threshold=defaults["jacobi_threshold"]),
-                            noise_std=defaults["noise_std"], window=defaults.get("latent_frames", frames),
-                            progress=False)
+  options = options_from_defaults(defaults, progress=False)
   sampler = VideoSampler(bundle, options)
   sample_dir = os.path.join(FLAGS.out_dir, "samples")
   sample_start = time.time()

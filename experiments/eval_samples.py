@@ -21,8 +21,7 @@ from data_pipeline import shapes_score, sources
 from data_pipeline.shapes import DIRECTIONS
 from experiments.cli import setup_logging
 from starflow_jax import checkpoint, media
-from starflow_jax.jacobi import JacobiOptions
-from starflow_jax.sampling import SamplingOptions, VideoSampler
+from starflow_jax.sampling import VideoSampler, options_from_defaults
 from starflow_jax.train import pixels_to_unit
 
 FLAGS = flags.FLAGS
@@ -67,10 +66,7 @@ def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
   bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
   defaults = bundle.sampling_defaults
   frames = defaults["num_frames"]
-  sampler = VideoSampler(bundle, SamplingOptions(
-      method=defaults["method"], guidance=defaults["guidance"],
-      jacobi=JacobiOptions(block_size=defaults["jacobi_block_size"], threshold=defaults["jacobi_threshold"]),
-      noise_std=defaults["noise_std"], window=defaults.get("latent_frames", frames), progress=False))
+  sampler = VideoSampler(bundle, options_from_defaults(defaults, progress=False))
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)]
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, frames, seed=seed))))
   palette = tuple(config.data.shapes.colors)

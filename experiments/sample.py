@@ -26,8 +26,7 @@ import numpy as np
 
 from experiments.cli import setup_logging
 from starflow_jax import checkpoint, media
-from starflow_jax.jacobi import JacobiOptions
-from starflow_jax.sampling import SamplingOptions, VideoSampler
+from starflow_jax.sampling import SamplingOptions, VideoSampler, options_from_defaults
 
 FLAGS = flags.FLAGS
 
@@ -101,17 +100,11 @@ def load_frames(path: str, size: int, max_frames: int | None) -> np.ndarray:
 
 
 def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
-  d = bundle.sampling_defaults
-  pick = lambda flag, key, default: flag if flag is not None else d.get(key, default)
-  return SamplingOptions(
-      method=pick(FLAGS.method, "method", "jacobi"),
-      guidance=float(pick(FLAGS.guidance, "guidance", 0.0)),
-      jacobi=JacobiOptions(block_size=int(pick(FLAGS.jacobi_block_size, "jacobi_block_size", 64)),
-                           threshold=float(pick(FLAGS.jacobi_threshold, "jacobi_threshold", 1e-3)),
-                           max_iter=int(pick(FLAGS.jacobi_max_iter, "jacobi_max_iter", 32))),
-      denoise=FLAGS.denoise, denoise_step=FLAGS.denoise_step,
-      noise_std=float(pick(FLAGS.noise_std, "noise_std", 0.0)),
-      window=FLAGS.window or d.get("latent_frames", d.get("num_frames")), context=FLAGS.context)
+  return options_from_defaults(
+      bundle.sampling_defaults, method=FLAGS.method, guidance=FLAGS.guidance,
+      jacobi_block_size=FLAGS.jacobi_block_size, jacobi_threshold=FLAGS.jacobi_threshold,
+      jacobi_max_iter=FLAGS.jacobi_max_iter, denoise=FLAGS.denoise, denoise_step=FLAGS.denoise_step,
+      noise_std=FLAGS.noise_std, window=FLAGS.window, context=FLAGS.context)
 
 
 def output_paths(out: str, index: int | None) -> tuple[str, str]:

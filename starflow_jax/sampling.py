@@ -73,6 +73,22 @@ class SamplingOptions:
     return self
 
 
+def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
+  """The options a model directory recommends (its `sampling_defaults`: method, guidance, Jacobi
+  settings, sigma, clip length), with `overrides` on top; overrides that are None are ignored.
+  The default window is the training clip length in latent frames."""
+  values = {key: value for key, value in overrides.items() if value is not None}
+  pick = lambda key, fallback: values.pop(key, defaults.get(key, fallback))
+  base = JacobiOptions()
+  jacobi_options = JacobiOptions(block_size=int(pick("jacobi_block_size", base.block_size)),
+                                 threshold=float(pick("jacobi_threshold", base.threshold)),
+                                 max_iter=int(pick("jacobi_max_iter", base.max_iter)))
+  return SamplingOptions(method=pick("method", "jacobi"), guidance=float(pick("guidance", 0.0)),
+                         jacobi=jacobi_options, noise_std=float(pick("noise_std", 0.0)),
+                         window=pick("window", defaults.get("latent_frames", defaults.get("num_frames"))),
+                         **values)
+
+
 class VideoSampler:
   """Samples a trained model (a `ModelBundle` read from a model directory)."""
 

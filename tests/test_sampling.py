@@ -154,5 +154,21 @@ class SamplerTest(absltest.TestCase):
     np.testing.assert_allclose(a, b, atol=4e-6 * float(jnp.abs(a).max()))
 
 
+class OptionsFromDefaultsTest(absltest.TestCase):
+
+  def test_model_defaults_with_overrides_on_top(self):
+    from starflow_jax.sampling import options_from_defaults
+    defaults = {"method": "sequential", "guidance": 3.0, "jacobi_block_size": 16, "jacobi_threshold": 1e-4,
+                "noise_std": 0.3, "num_frames": 9, "latent_frames": 3}
+    options = options_from_defaults(defaults, guidance=None, jacobi_max_iter=7, context=2, progress=False)
+    self.assertEqual((options.method, options.guidance, options.noise_std), ("sequential", 3.0, 0.3))
+    self.assertEqual((options.jacobi.block_size, options.jacobi.threshold, options.jacobi.max_iter), (16, 1e-4, 7))
+    self.assertEqual((options.window, options.context, options.progress), (3, 2, False))  # latent frames
+    self.assertEqual(options_from_defaults(defaults, method="jacobi", window=5).method, "jacobi")
+    self.assertEqual(options_from_defaults({"num_frames": 4}).window, 4)  # pixel-space model directories
+    with self.assertRaises(TypeError):
+      options_from_defaults(defaults, not_an_option=1)
+
+
 if __name__ == "__main__":
   absltest.main()
