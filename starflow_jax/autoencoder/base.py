@@ -69,12 +69,19 @@ class CausalVAEAutoencoder:
       raise ValueError("autoencoder kind 'causal_vae' needs autoencoder.checkpoint: the directory "
                        "written by `python -m experiments.train_vae`")
     self.config = config
-    self.vae_config, self.params = vae_checkpoint.load(config.checkpoint)
+    # The config is read now (shape queries: training set-up, validation, sampling defaults); the
+    # parameters only when something is encoded or decoded.
+    self.vae_config = vae_checkpoint.load_config(config.checkpoint)
     self.module = causal_vae.CausalVAE(self.vae_config)
     self.spatial_factor = self.vae_config.spatial_factor
     self.temporal_factor = self.vae_config.temporal_factor
     self._check = functools.partial(causal_vae.check_frames, temporal_factor=self.temporal_factor)
     self._decode_chunk = jax.jit(lambda p, z: self.module.apply({"params": p}, z, method=causal_vae.CausalVAE.decode))
+
+  @functools.cached_property
+  def params(self):
+    from starflow_jax.autoencoder import vae_checkpoint
+    return vae_checkpoint.load(self.config.checkpoint)[1]
 
   def latent_channels(self, channels: int) -> int:
     return self.vae_config.latent_channels

@@ -21,19 +21,30 @@ def save(directory: str, config: CausalVAEConfig, params, report: dict | None = 
   return atomic_directory_write(directory, lambda p: ckptr.save(p, ocp.args.Composite(**items)), overwrite)
 
 
-def load(directory: str) -> tuple[CausalVAEConfig, dict]:
-  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+def _readable(directory: str, read):
   try:
-    config = CausalVAEConfig.from_dict(
-        ckptr.restore(directory, ocp.args.Composite(vae_config=ocp.args.JsonRestore()))["vae_config"])
-    x = jnp.zeros((1, 1 + config.temporal_factor, config.spatial_factor, config.spatial_factor,
-                   config.in_channels))
-    target = nn.unbox(jax.eval_shape(lambda: CausalVAE(config).init(jax.random.PRNGKey(0), x,
-                                                                    jax.random.PRNGKey(1))["params"]))
-    params = ckptr.restore(directory, ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+    return read()
   except FileNotFoundError:
     raise
   except Exception as e:
     raise ValueError(f"{directory} is not a readable causal-VAE directory ({type(e).__name__}: {e}); "
                      "write one with `python -m experiments.train_vae`") from e
+
+
+def load_config(directory: str) -> CausalVAEConfig:
+  """The VAE's config alone (compression factors, channels), without reading its parameters."""
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  return _readable(directory, lambda: CausalVAEConfig.from_dict(
+      ckptr.restore(directory, ocp.args.Composite(vae_config=ocp.args.JsonRestore()))["vae_config"]))
+
+
+def load(directory: str) -> tuple[CausalVAEConfig, dict]:
+  config = load_config(directory)
+  x = jnp.zeros((1, 1 + config.temporal_factor, config.spatial_factor, config.spatial_factor,
+                 config.in_channels))
+  target = nn.unbox(jax.eval_shape(lambda: CausalVAE(config).init(jax.random.PRNGKey(0), x,
+                                                                  jax.random.PRNGKey(1))["params"]))
+  ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  params = _readable(directory, lambda: ckptr.restore(
+      directory, ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"])
   return config, params
