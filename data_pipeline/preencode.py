@@ -69,7 +69,9 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
                                    sources.element_transforms(config.data, tokenizer, training=False, keep=keep))
   ae_config = experiment.autoencoder_config(config)
   autoencoder = build_autoencoder(ae_config)
-  encode = jax.jit(lambda video: autoencoder.encode(pixels_to_unit(video, None)))
+  encode = lambda video: autoencoder.encode(pixels_to_unit(video, None))
+  if not getattr(autoencoder, "jit_inside", False):  # the WAN VAE compiles its own chunk steps
+    encode = jax.jit(encode)
   embed = null_embedding = None
   if text_model:
     from starflow_jax import checkpoint

@@ -11,7 +11,6 @@ A run restarted with the same command resumes from its latest checkpoint exactly
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

@@ -1,7 +1,6 @@
 """The small causal 3D VAE: shapes, causality, exact chunked decoding, checkpoints, learning."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl.testing import absltest

@@ -1,7 +1,6 @@
 """Training checkpoints: restore onto another mesh, damaged checkpoints, training from latents."""
 
 import os
-import shutil
 
 import jax
 import numpy as np

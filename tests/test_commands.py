@@ -15,6 +15,7 @@ COMMANDS = (
     "experiments.bench_data",
     "experiments.bench_sampling",
     "experiments.bench_train",
+    "experiments.bench_wan_vae",
     "experiments.demo",
     "experiments.eval_denoiser",
     "experiments.eval_samples",

@@ -14,7 +14,7 @@ from PIL import Image
 
 from experiments import sample as sample_cli
 from experiments.configs import tiny_video
-from starflow_jax import checkpoint, train_loop
+from starflow_jax import train_loop
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 from tests import helpers
 

@@ -6,7 +6,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from experiments.configs import starflow_v_7b_t2v_480p
-from starflow_jax import experiment, sharding
+from starflow_jax import sharding
 from starflow_jax.train import Trainer
 from tests.test_train import make_batch, tiny_config
 

@@ -2,7 +2,6 @@
 random T5Config (nothing downloaded). Runs only with the optional extra: torch + transformers
 (+ sentencepiece for the tokenizer): pip install -e .[t5-parity]."""
 
-import json
 import os
 
 import numpy as np

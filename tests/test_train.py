@@ -1,12 +1,11 @@
 """The train step: config validation, learning, skipped steps, first-frame drop."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl.testing import absltest
 
-from experiments.configs import base, tiny_video
+from experiments.configs import tiny_video
 from starflow_jax import experiment, sharding
 from starflow_jax.train import Trainer
 

@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
   # pre-encoding data (data_pipeline.preencode) and at sampling (experiments.sample --t5).
   c.text = ml_collections.ConfigDict(dict(kind="none", width=64, num_layers=1, head_dim=32, t5_path=""))
 
-  c.autoencoder = ml_collections.ConfigDict(dict(kind="identity", scale=1.0, shift=0.0, checkpoint=""))
+  c.autoencoder = ml_collections.ConfigDict(dict(kind="identity", scale=1.0, shift=0.0, checkpoint="",
+                                                decode_chunk=8, encode_chunk=4, dtype="float32"))
 
   c.data = ml_collections.ConfigDict(dict(
       source="shapes",

@@ -24,7 +24,11 @@ def get_config(arg: str = ""):
   # Flan-T5-XL embeddings come with the pre-encoded data; the encoder itself (a local copy of
   # the Hugging Face google/flan-t5-xl directory) is read when pre-encoding and sampling.
   c.text.update(kind="none", t5_path="/data/hf/flan-t5-xl")
-  c.autoencoder.update(kind="wan2.2", scale=0.6)
+  # The WAN 2.2 VAE (diffusers layout, e.g. the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers)
+  # encodes when pre-encoding and decodes samples: pass
+  #   --config.autoencoder.checkpoint=/data/hf/wan2.2/vae
+  # Training reads pre-encoded latents and never needs it.
+  c.autoencoder.update(kind="wan2.2", scale=0.6, encode_chunk=2, decode_chunk=2, dtype="bfloat16")
   c.train.update(batch_size=192, num_steps=300_000, lr=5e-5, min_lr=1e-6, warmup_steps=5_000,
                  noise_std=0.5, dequantize=False, drop_label=0.1, drop_first_frame=0.25,
                  flow_score_matching=True)

@@ -1,9 +1,10 @@
-"""The autoencoder interface: identity (pixel space), the small causal 3D VAE, and the shape
-facts of pretrained latent spaces (SD-VAE, WAN 2.2).
+"""The autoencoder interface: identity (pixel space), the small causal 3D VAE, the WAN 2.1 / 2.2
+video VAE (diffusers checkpoints), and the shape facts of pretrained latent spaces without weights.
 
 An autoencoder maps videos [B, T, H, W, C] in [-1, 1] to latents [B, T', H', W', C'] and back,
 `encode(video)` / `decode(latents)`, with spatial / temporal compression factors and a latent
-normalisation latents = (raw - shift) * scale (the official WAN 2.2 latents are scaled by 0.6).
+normalisation latents = (raw - shift) * scale (the official WAN 2.2 latents are scaled by 0.6,
+after WAN's own per-channel normalisation (raw - latents_mean) / latents_std).
 Learned autoencoders hold their own frozen parameters (loaded from `config.checkpoint`) and
 decode long videos in chunks of latent frames so memory stays flat.
 """
@@ -29,6 +30,8 @@ class AutoencoderConfig:
   shift: float = 0.0
   checkpoint: str = ""  # parameters of learned autoencoders (an autoencoder directory)
   decode_chunk: int = 8  # latent frames per decoder call for long videos (causal VAEs)
+  encode_chunk: int = 4  # latent frames per encoder call (WAN: 4 pixel frames each)
+  dtype: str = "float32"  # compute dtype of learned autoencoders ('bfloat16' on accelerators)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -111,6 +114,47 @@ class CausalVAEAutoencoder:
     return jnp.concatenate(pieces, axis=1)
 
 
+class WanAutoencoder:
+  """The WAN 2.1 / 2.2 causal video VAE (`wan_vae.py`) from a diffusers AutoencoderKLWan folder,
+  encoding and decoding chunk by chunk with its feature cache (exact; memory flat in length).
+  latents = ((mu - latents_mean) / latents_std - shift) * scale."""
+
+  jit_inside = True  # encode / decode run their own compiled steps: call them outside jax.jit
+
+  def __init__(self, config: AutoencoderConfig, expected_factors: tuple[int, int] | None = None):
+    from starflow_jax.autoencoder import wan_vae
+    self.config = config
+    self.vae_config = wan_vae.load_config(config.checkpoint)
+    self.spatial_factor = self.vae_config.spatial_factor
+    self.temporal_factor = self.vae_config.temporal_factor
+    found = (self.spatial_factor, self.temporal_factor)
+    if expected_factors and found != expected_factors:  # the checkpoint decides the channels
+      raise ValueError(f"{config.checkpoint} is a VAE compressing (spatial, temporal) by {found}, but "
+                       f"autoencoder kind {config.kind!r} means {expected_factors}; set the matching kind")
+
+  @functools.cached_property
+  def runner(self):
+    from starflow_jax.autoencoder import wan_vae
+    _, params = wan_vae.load_diffusers(self.config.checkpoint)
+    return wan_vae.WanVAERunner(self.vae_config, params, jnp.dtype(self.config.dtype),
+                                encode_chunk=self.config.encode_chunk, decode_chunk=self.config.decode_chunk)
+
+  def latent_channels(self, channels: int) -> int:
+    return self.vae_config.z_dim
+
+  def latent_frames(self, frames: int) -> int:
+    from starflow_jax.autoencoder import causal_vae
+    causal_vae.check_frames(frames, self.temporal_factor)
+    return (frames - 1) // self.temporal_factor + 1
+
+  def encode(self, video: jnp.ndarray) -> jnp.ndarray:  # [B, T, H, W, 3] in [-1, 1]
+    raw = self.runner.normalise(self.runner.encode(video))
+    return (raw - self.config.shift) * self.config.scale
+
+  def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
+    return self.runner.decode(self.runner.denormalise(latents / self.config.scale + self.config.shift))
+
+
 class PretrainedLatentSpace:
   """A latent space produced by a pretrained VAE outside this package (SD-VAE for images, WAN 2.2
   for video): its shape facts, for configs that train from pre-encoded latents. Encoding and
@@ -128,9 +172,11 @@ class PretrainedLatentSpace:
     return (frames - 1) // self.temporal_factor + 1 if self.temporal_factor > 1 else frames
 
   def _unavailable(self, what):
-    raise ValueError(f"autoencoder kind {self.config.kind!r} cannot {what} inside starflow_jax; "
-                     "train from pre-encoded latents (data.source='latents') and decode samples with "
-                     "the original VAE, or use kind 'identity' / 'causal_vae'")
+    hint = ("set autoencoder.checkpoint to a diffusers AutoencoderKLWan folder (see WORKSPACE.md) or "
+            if self.config.kind in _WAN else "")
+    raise ValueError(f"autoencoder kind {self.config.kind!r} without weights cannot {what}: {hint}train "
+                     "from pre-encoded latents (data.source='latents') and decode samples with the "
+                     "original VAE, or use kind 'identity' / 'causal_vae'")
 
   def encode(self, video):
     self._unavailable("encode")
@@ -139,7 +185,8 @@ class PretrainedLatentSpace:
     self._unavailable("decode")
 
 
-_PRETRAINED = {"sd_vae": (8, 1, 4), "wan2.2": (16, 4, 48)}
+_PRETRAINED = {"sd_vae": (8, 1, 4), "wan2.1": (8, 4, 16), "wan2.2": (16, 4, 48)}
+_WAN = ("wan2.1", "wan2.2")
 
 
 def build_autoencoder(config: AutoencoderConfig):
@@ -147,6 +194,8 @@ def build_autoencoder(config: AutoencoderConfig):
     return IdentityAutoencoder(config)
   if config.kind == "causal_vae":
     return CausalVAEAutoencoder(config)
+  if config.kind in _WAN and config.checkpoint:
+    return WanAutoencoder(config, _PRETRAINED[config.kind][:2])
   if config.kind in _PRETRAINED:
     return PretrainedLatentSpace(config, *_PRETRAINED[config.kind])
   raise ValueError(f"unknown autoencoder kind {config.kind!r}; available: 'identity', 'causal_vae', "

@@ -11,7 +11,6 @@ Decoder mirrors it with nearest-neighbour spatial upsampling and frame duplicati
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax

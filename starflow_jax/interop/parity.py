@@ -11,7 +11,6 @@ tolerance and the forward, loss and sequential-sample arrays were among them. Wi
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import statistics
 import sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -23,6 +24,24 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                        "model.state_dict() rather than the model object")
     return obj
   raise ValueError(f"unknown weights format {path!r}: use .safetensors or .pth")
+
+
+def read_hf_directory(directory: str, filename: str = "model.safetensors") -> dict[str, np.ndarray]:
+  """The state_dict of a Hugging Face / diffusers folder: `filename` (e.g. model.safetensors,
+  diffusion_pytorch_model.safetensors) or its sharded `<filename stem>.safetensors.index.json`."""
+  single = os.path.join(directory, filename)
+  index = os.path.join(directory, filename + ".index.json")
+  if os.path.isfile(single):
+    return load_file(single)
+  if os.path.isfile(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for name in files:
+      out.update(load_file(os.path.join(directory, name)))
+    return out
+  raise FileNotFoundError(f"{directory} has neither {filename} nor {filename}.index.json; download the "
+                          "checkpoint's safetensors first (see WORKSPACE.md)")
 
 
 def write_safetensors(path: str, state_dict: dict[str, np.ndarray], overwrite: bool = False,

@@ -8,7 +8,6 @@ It is trained jointly with the flow (a stand-in for the frozen Flan-T5 of the pa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from starflow_jax import layers
+from starflow_jax.interop.state_dict_io import read_hf_directory
 
 PAD_ID, EOS_ID = 0, 1
 
@@ -141,28 +142,11 @@ def _hf_key(ours: str) -> str:
   return f"encoder.block.{block}.{table[name]}"
 
 
-def read_hf_state_dict(directory: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-  single = os.path.join(directory, "model.safetensors")
-  index = os.path.join(directory, "model.safetensors.index.json")
-  if os.path.isfile(single):
-    return load_file(single)
-  if os.path.isfile(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-    out = {}
-    for name in files:
-      out.update(load_file(os.path.join(directory, name)))
-    return out
-  raise FileNotFoundError(f"{directory} has neither model.safetensors nor model.safetensors.index.json; "
-                          "download the Hugging Face checkpoint (safetensors) first (see WORKSPACE.md)")
-
-
 def load_hf_t5(directory: str) -> tuple[T5Config, dict]:
   """(config, params) of the encoder of a Hugging Face T5 checkpoint directory."""
   with open(os.path.join(directory, "config.json")) as f:
     config = T5Config.from_hf(json.load(f))
-  sd = read_hf_state_dict(directory)
+  sd = read_hf_directory(directory, "model.safetensors")
   shapes = jax.eval_shape(lambda: nn.unbox(T5Encoder(config).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))["params"]))
   problems = []
