@@ -491,7 +491,8 @@ class WanVAERunner:
                decode_chunk: int = 4):
     if encode_chunk < 1 or decode_chunk < 1:
       raise ValueError(f"encode_chunk / decode_chunk must be >= 1, got {encode_chunk} / {decode_chunk}")
-    self.config, self.params = config, params
+    self.config = config
+    self.params = jax.device_put(params)  # once: host arrays would be copied in on every chunk call
     self.encode_chunk, self.decode_chunk = encode_chunk, decode_chunk
     self._encode = {first: _compiled_step(config, jnp.dtype(dtype), "encode_chunk", first) for first in (True, False)}
     self._decode = {first: _compiled_step(config, jnp.dtype(dtype), "decode_chunk", first) for first in (True, False)}
