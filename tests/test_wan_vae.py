@@ -131,6 +131,9 @@ class WanVAETest(parameterized.TestCase):
       runner.encode(np.zeros((1, 5, 24, 32, 3), np.float32))
     with self.assertRaisesRegex(ValueError, r"latents \[B, T, h, w, 6\]"):
       runner.decode(np.zeros((1, 2, 2, 2, 4), np.float32))
+    with self.assertRaisesRegex(ValueError, "first encoder chunk is frame 0 alone, got 5"):
+      wan_vae.WanVAE(self.config).apply({"params": self.params}, _video(self.config, frames=5), True,
+                                        method=wan_vae.WanVAE.encode_chunk, mutable=["cache"])
     with self.assertRaisesRegex(ValueError, "temperal_downsample needs 3"):
       wan_vae.WanVAEConfig(temperal_downsample=(True,))
 

@@ -449,12 +449,18 @@ class WanVAE(nn.Module):
                             self.decode_chunk(z[:, 1:], first=False)], axis=1)
 
   def encode_chunk(self, video: Array, first: bool) -> Array:
-    """Pixels [B, T, H, W, C] in [-1, 1] -> posterior moments [B, T', h, w, 2z] (mean, logvar)."""
+    """Pixels [B, T, H, W, C] in [-1, 1] -> posterior moments [B, T', h, w, 2z] (mean, logvar).
+    The video's first chunk is frame 0 alone; later chunks continue from the cache."""
+    if first and video.shape[1] != 1:
+      raise ValueError(f"the first encoder chunk is frame 0 alone, got {video.shape[1]} frames")
     x = patchify(video, self.config.patch_size)
     return self.quant_conv(self.encoder(x, first), first).astype(jnp.float32)
 
   def decode_chunk(self, z: Array, first: bool) -> Array:
-    """Raw latents [B, T', h, w, z] -> pixels [B, T, H, W, C] clipped to [-1, 1]."""
+    """Raw latents [B, T', h, w, z] -> pixels [B, T, H, W, C] clipped to [-1, 1]. The first chunk is
+    latent frame 0 alone; later chunks continue from the cache."""
+    if first and z.shape[1] != 1:
+      raise ValueError(f"the first decoder chunk is latent frame 0 alone, got {z.shape[1]} frames")
     x = self.decoder(self.post_quant_conv(z, first), first)
     return jnp.clip(unpatchify(x.astype(jnp.float32), self.config.patch_size), -1.0, 1.0)
 

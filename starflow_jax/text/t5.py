@@ -199,7 +199,8 @@ class T5TextEncoder:
   """Prompts -> embeddings [B, max_length, d_model] with a frozen Hugging Face T5 encoder."""
 
   def __init__(self, directory: str, max_length: int, dtype=jnp.float32):
-    self.config, self.params = load_hf_t5(directory)
+    self.config, params = load_hf_t5(directory)
+    self.params = jax.device_put(params)  # once: host arrays would be copied in on every call
     self.tokenizer = T5Tokenizer(directory, max_length)
     module = T5Encoder(self.config, dtype)
     self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask))
