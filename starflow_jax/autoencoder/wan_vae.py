@@ -152,6 +152,13 @@ class CausalConv3d(nn.Module):
     k = self.kernel
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, k, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    if k > 1 and first and x.shape[1] == 1:
+      # The video's first frame: its past is zeros, so only the last temporal tap sees data. Same
+      # result as convolving [0, 0, x], at a third of the cost (and XLA's CPU backend runs the
+      # zero-padded form of small convolutions with a slow kernel-as-input algorithm: the first
+      # decoder chunk of the WAN 2.2 VAE took 5.8 s instead of 0.73 s).
+      _past_and_chunk(self, "past", x, k - 1, first)  # the cache for the next chunk: [0, x]
+      return _conv3d(x, kernel[k - 1:], bias, 1, k // 2, self.dtype)
     if k > 1:
       x = _past_and_chunk(self, "past", x, k - 1, first)  # [B, k-1+T, H, W, C]
     return _conv3d(x, kernel, bias, 1, k // 2, self.dtype)
