@@ -96,8 +96,8 @@ class WanVAEConfig:
     return 2 ** sum(bool(t) for t in self.temperal_downsample)
 
   @property
-  def pixel_channels(self) -> int:  # channels the first conv sees (after patchify)
-    return self.in_channels
+  def video_channels(self) -> int:  # colour channels of the videos (in_channels counts patchified ones)
+    return self.in_channels // (self.patch_size or 1) ** 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,9 +512,8 @@ class WanVAERunner:
 
   def check_video(self, video) -> None:
     cfg = self.config
-    if video.ndim != 5 or video.shape[-1] != cfg.in_channels // (cfg.patch_size or 1) ** 2:
-      raise ValueError(f"the WAN VAE encodes videos [B, T, H, W, {cfg.in_channels // (cfg.patch_size or 1) ** 2}], "
-                       f"got shape {tuple(video.shape)}")
+    if video.ndim != 5 or video.shape[-1] != cfg.video_channels:
+      raise ValueError(f"the WAN VAE encodes videos [B, T, H, W, {cfg.video_channels}], got shape {tuple(video.shape)}")
     t, s = self.config.temporal_factor, self.config.spatial_factor
     if (video.shape[1] - 1) % t:
       raise ValueError(f"the WAN VAE needs 1 + {t}k frames, got {video.shape[1]}; use e.g. "
@@ -590,7 +589,7 @@ def load_config(directory: str) -> WanVAEConfig:
 
 def init_shapes(config: WanVAEConfig):
   s = config.spatial_factor
-  video = jnp.zeros((1, 1 + config.temporal_factor, s, s, config.in_channels // (config.patch_size or 1) ** 2))
+  video = jnp.zeros((1, 1 + config.temporal_factor, s, s, config.video_channels))
   return jax.eval_shape(lambda: WanVAE(config).init(jax.random.PRNGKey(0), video)["params"])
 
 
