@@ -102,6 +102,21 @@ class WanVAETest(parameterized.TestCase):
       first_pixel = 0 if latent == 0 else 4 * latent - 3
       np.testing.assert_array_equal(changed, np.arange(13) >= first_pixel, f"latent frame {latent}")
 
+  def test_sharded_over_the_batch_equals_one_device(self):
+    from starflow_jax import sharding
+    mesh = sharding.make_mesh((4, 2, 1), jax.devices()[:8])  # data x fsdp: the batch over 8 devices
+    video = _video(self.config, batch=8)
+    sharded = wan_vae.WanVAERunner(self.config, self.params, encode_chunk=2, decode_chunk=2, mesh=mesh)
+    single = self.runner(encode_chunk=2, decode_chunk=2)
+    z = sharded.encode(video)
+    self.assertEqual(len(z.sharding.device_set), 8)
+    np.testing.assert_allclose(z, single.encode(video), atol=1e-5)
+    pixels = sharded.decode(z)
+    self.assertEqual(len(pixels.sharding.device_set), 8)
+    np.testing.assert_allclose(pixels, single.decode(np.asarray(z)), atol=1e-5)
+    with self.assertRaisesRegex(ValueError, "batch of 2 cannot be split over 8 data-parallel devices"):
+      sharded.encode(_video(self.config))
+
   @parameterized.parameters("2.1", "2.1-attn", "2.2")
   def test_state_dict_round_trip(self, kind):
     config = _config(kind)

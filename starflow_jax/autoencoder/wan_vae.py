@@ -501,11 +501,17 @@ class WanVAERunner:
   chunk, once for full chunks and once for a shorter last chunk."""
 
   def __init__(self, config: WanVAEConfig, params, dtype=jnp.float32, encode_chunk: int = 4,
-               decode_chunk: int = 4):
+               decode_chunk: int = 4, mesh: jax.sharding.Mesh | None = None):
     if encode_chunk < 1 or decode_chunk < 1:
       raise ValueError(f"encode_chunk / decode_chunk must be >= 1, got {encode_chunk} / {decode_chunk}")
     self.config = config
-    self.params = jax.device_put(params)  # once: host arrays would be copied in on every chunk call
+    # With a mesh (starflow_jax.sharding.make_mesh) videos are split along the batch over its
+    # (data, fsdp) axes and the parameters replicated, as the flow's batches are; the compiled
+    # chunk steps follow those placements. Parameters go to the device(s) once: host arrays would
+    # be copied in on every chunk call.
+    from starflow_jax import sharding
+    self.mesh = mesh
+    self.params = jax.device_put(params, sharding.replicated(mesh) if mesh is not None else None)
     self.encode_chunk, self.decode_chunk = encode_chunk, decode_chunk
     self._encode = {first: _compiled_step(config, jnp.dtype(dtype), "encode_chunk", first) for first in (True, False)}
     self._decode = {first: _compiled_step(config, jnp.dtype(dtype), "decode_chunk", first) for first in (True, False)}
@@ -524,12 +530,24 @@ class WanVAERunner:
   def moments(self, video: Array) -> Array:
     """Pixels [B, 1 + 4k, H, W, C] -> posterior moments [B, 1 + k, H/s, W/s, 2z]."""
     self.check_video(video)
+    video = self._place(video)
     out, cache = self._encode[True](self.params, None, video[:, :1])
     pieces, step = [out], self.config.temporal_factor * self.encode_chunk
     for start in range(1, video.shape[1], step):
       out, cache = self._encode[False](self.params, cache, video[:, start: start + step])
       pieces.append(out)
     return jnp.concatenate(pieces, axis=1)
+
+  def _place(self, x):
+    """x split along the batch over the mesh's (data, fsdp) axes (unchanged without a mesh)."""
+    from starflow_jax import sharding
+    if self.mesh is None:
+      return x
+    dp = sharding.data_parallel_size(self.mesh)
+    if x.shape[0] % dp:
+      raise ValueError(f"a batch of {x.shape[0]} cannot be split over {dp} data-parallel devices; "
+                       f"use a multiple of {dp}")
+    return jax.device_put(x, sharding.batch_sharding(self.mesh))
 
   def encode(self, video: Array) -> Array:
     """The posterior mean [B, 1 + k, h, w, z] (raw: not normalised)."""
@@ -539,6 +557,7 @@ class WanVAERunner:
     """Raw latents [B, T', h, w, z] -> pixels [B, 1 + 4(T' - 1), H, W, C] in [-1, 1]."""
     if z.ndim != 5 or z.shape[-1] != self.config.z_dim:
       raise ValueError(f"the WAN VAE decodes latents [B, T, h, w, {self.config.z_dim}], got {tuple(z.shape)}")
+    z = self._place(z)
     out, cache = self._decode[True](self.params, None, z[:, :1])
     pieces = [out]
     for start in range(1, z.shape[1], self.decode_chunk):
