@@ -41,6 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from starflow_jax import sharding
+from starflow_jax.autoencoder import causal_vae
+
 Array = jnp.ndarray
 CONV_DIMS = ("NDHWC", "DHWIO", "NDHWC")
 
@@ -256,9 +259,9 @@ class Resample(nn.Module):
     if self.mode == "upsample3d":
       # Doubles frames after the first: frame t (t >= 1) -> 2 frames from one causal temporal conv
       # whose past starts after frame 0 (the first chunk passes through and leaves a zero cache).
-      if first:
-        self.variable("cache", "time_past", jnp.zeros, (x.shape[0], 2) + x.shape[2:], x.dtype).value = \
-            jnp.zeros((x.shape[0], 2) + x.shape[2:], x.dtype)
+      if first:  # diffusers' "Rep" cache: the next chunk's past is zeros, not frame 0
+        shape = (x.shape[0], 2) + x.shape[2:]
+        self.variable("cache", "time_past", jnp.zeros, shape, x.dtype).value = jnp.zeros(shape, x.dtype)
       else:
         full = _past_and_chunk(self, "time_past", x, 2, first=False)
         y = Conv3d(2 * dim, (3, 1, 1), dtype=self.dtype, name="time_conv")(full)  # [B, T, H, W, 2C]
@@ -509,7 +512,6 @@ class WanVAERunner:
     # (data, fsdp) axes and the parameters replicated, as the flow's batches are; the compiled
     # chunk steps follow those placements. Parameters go to the device(s) once: host arrays would
     # be copied in on every chunk call.
-    from starflow_jax import sharding
     self.mesh = mesh
     self.params = jax.device_put(params, sharding.replicated(mesh) if mesh is not None else None)
     self.encode_chunk, self.decode_chunk = encode_chunk, decode_chunk
@@ -520,10 +522,8 @@ class WanVAERunner:
     cfg = self.config
     if video.ndim != 5 or video.shape[-1] != cfg.video_channels:
       raise ValueError(f"the WAN VAE encodes videos [B, T, H, W, {cfg.video_channels}], got shape {tuple(video.shape)}")
-    t, s = self.config.temporal_factor, self.config.spatial_factor
-    if (video.shape[1] - 1) % t:
-      raise ValueError(f"the WAN VAE needs 1 + {t}k frames, got {video.shape[1]}; use e.g. "
-                       f"{1 + t * max(1, (video.shape[1] - 1) // t)}")
+    causal_vae.check_frames(video.shape[1], cfg.temporal_factor)
+    s = cfg.spatial_factor
     if video.shape[2] % s or video.shape[3] % s:
       raise ValueError(f"the WAN VAE needs height and width divisible by {s}, got {video.shape[2:4]}")
 
@@ -540,7 +540,6 @@ class WanVAERunner:
 
   def _place(self, x):
     """x split along the batch over the mesh's (data, fsdp) axes (unchanged without a mesh)."""
-    from starflow_jax import sharding
     if self.mesh is None:
       return x
     dp = sharding.data_parallel_size(self.mesh)
