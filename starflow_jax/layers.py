@@ -126,6 +126,16 @@ class Attention(nn.Module):
     return y, cache
 
 
+def gelu_exact(x: Array) -> Array:
+  """x * Phi(x) as PyTorch's exact GELU computes it: 0.5 x (1 + erf(x / sqrt 2)).
+
+  Same function as jax.nn.gelu(approximate=False) (within 1e-6), which goes through erfc and
+  evaluates two polynomial branches plus an exp per element: this form is ~2x faster on CPU, and
+  the MLP's activation is a sizeable share of a small decoder step.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 class MLP(nn.Module):
   """Linear -> exact GELU -> Linear (the official `mlp.main`)."""
 
@@ -139,7 +149,7 @@ class MLP(nn.Module):
     h = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=logical(dense_init(), ("embed", "mlp")),
                  bias_init=logical(nn.initializers.zeros, ("mlp",)), name="fc_in")(x)
-    h = jax.nn.gelu(h, approximate=False)
+    h = gelu_exact(h)
     return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                     kernel_init=logical(dense_init(), ("mlp", "embed")),
                     bias_init=logical(nn.initializers.zeros, ("embed",)), name="fc_out")(h)

@@ -47,7 +47,7 @@ class GoldenRecomputation:
   def __init__(self, golden: GoldenFolder):
     self.golden = golden
     self.config = golden.config
-    self.params = golden.params
+    self.params = jax.device_put(golden.params)  # once, as the official code holds its weights
     v = golden.vectors
     self.cond = jnp.asarray(v["y"]) if "y" in v else None
     self.null_cond = jnp.asarray(v["y_null"]) if "y_null" in v else None
