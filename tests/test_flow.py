@@ -8,7 +8,6 @@ from absl.testing import absltest, parameterized
 
 from starflow_jax import decoding, model as model_lib, tokens
 from starflow_jax.flow import guided_affine
-from starflow_jax.model import StarFlow
 from starflow_jax.rope import TokenGrid
 from tests import helpers
 
@@ -89,7 +88,6 @@ class CausalityTest(parameterized.TestCase):
     config = helpers.tiny_video_config()
     params = helpers.random_params(config)
     x, cond = _inputs(config, batch=1, frames=4)
-    model = StarFlow(config)
     out = model_lib.forward(config, params, x, cond)
     for n in range(4):
       out2 = model_lib.forward(config, params, x.at[:, n].add(0.5), cond)
@@ -103,7 +101,6 @@ class CausalityTest(parameterized.TestCase):
     config = helpers.tiny_video_config()
     params = helpers.random_params(config)
     x, cond = _inputs(config, batch=1, frames=3)
-    model = StarFlow(config)
     out = model_lib.forward(config, params, x, cond)
     # Each frame alone through the model gives the same shallow outputs as inside the clip.
     for n in range(3):
