@@ -8,6 +8,7 @@ from absl.testing import absltest, parameterized
 
 from starflow_jax import decoding, model as model_lib, tokens
 from starflow_jax.flow import guided_affine
+from starflow_jax.model import StarFlow
 from starflow_jax.rope import TokenGrid
 from tests import helpers
 
