@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl.testing import absltest
@@ -21,10 +22,14 @@ def _command(workdir):
           "--config.train.drop_first_frame=0.5", f"--config.train.num_steps={STEPS}"]
 
 
-def _env():
+def _env(compilation_cache: str):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user's laptop run
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  # JAX's persistent compilation cache, shared by this module's runs: the first run compiles
+  # the train step (~30 s of each run's ~40 s here), later runs load it, as a restarted pod job
+  # with JAX_COMPILATION_CACHE_DIR set would. Results are the same either way (same program).
+  env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
   return env
 
 
@@ -37,12 +42,23 @@ def _committed_steps(workdir):
 
 class ResumeTest(absltest.TestCase):
 
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._cache = tempfile.TemporaryDirectory(prefix="jax_cache_")
+    cls.env = _env(cls._cache.name)
+
+  @classmethod
+  def tearDownClass(cls):
+    cls._cache.cleanup()
+    super().tearDownClass()
+
   def test_sigkill_and_restart_continue_exactly(self):
     tmp = self.create_tempdir().full_path
     straight, killed = os.path.join(tmp, "straight"), os.path.join(tmp, "killed")
-    subprocess.run(_command(straight), cwd=REPO, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(_command(straight), cwd=REPO, env=self.env, check=True, capture_output=True, timeout=600)
 
-    proc = subprocess.Popen(_command(killed), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(killed), cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -56,7 +72,7 @@ class ResumeTest(absltest.TestCase):
     steps_before = max(r["step"] for r in metrics.read_metrics(killed))
     self.assertLess(steps_before, STEPS)
 
-    subprocess.run(_command(killed), cwd=REPO, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(_command(killed), cwd=REPO, env=self.env, check=True, capture_output=True, timeout=600)
     a, b = metrics.read_metrics(straight), metrics.read_metrics(killed)
     self.assertEqual([r["step"] for r in a], list(range(1, STEPS + 1)))
     self.assertEqual([r["step"] for r in b], list(range(1, STEPS + 1)))
@@ -69,10 +85,10 @@ class ResumeTest(absltest.TestCase):
     tmp = self.create_tempdir().full_path
     workdir = os.path.join(tmp, "run")
     cmd = _command(workdir) + ["--config.train.num_steps=4", "--config.train.warmup_steps=1"]
-    subprocess.run(cmd, cwd=REPO, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(cmd, cwd=REPO, env=self.env, check=True, capture_output=True, timeout=600)
     before = _committed_steps(workdir)
     result = subprocess.run(cmd + ["--config.model.channels=64", "--config.train.num_steps=8"], cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=600)
+                            env=self.env, capture_output=True, text=True, timeout=600)
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("different model", result.stderr)
     self.assertEqual(_committed_steps(workdir), before)
