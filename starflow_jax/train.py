@@ -139,7 +139,7 @@ class Trainer:
     self.mesh = mesh
     self.model_config = experiment.model_config(config)
     self.text_config = experiment.text_config(config)
-    self.autoencoder = build_autoencoder(experiment.autoencoder_config(config))
+    self.autoencoder = build_autoencoder(experiment.autoencoder_config(config), mesh=mesh)
     self.model = StarFlow(self.model_config)
     self.text_encoder = TextEncoder(self.text_config) if self.text_config else None
     self.optimizer = make_optimizer(config.train)
@@ -156,6 +156,11 @@ class Trainer:
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), nn.unbox(boxed),
         self.state_shardings)
     self._compiled_steps: dict[bool, Any] = {}
+    # An autoencoder that runs its own compiled steps (the WAN VAE, `jit_inside`) encodes each
+    # batch just before the train step: traced inside it, its weights (GBs for WAN 2.2) would
+    # become constants of the step's program. Same arithmetic, same random numbers.
+    self.encodes_before_step = bool(getattr(self.autoencoder, "jit_inside", False)) and not self.settings.pre_encoded
+    self._unit_pixels = None
 
   # ---------------------------------------------------------------- state
   def _boxed_params(self, rng):
@@ -220,12 +225,14 @@ class Trainer:
     return {**batch, key: dropped}
 
   # ---------------------------------------------------------------- the step
-  def _train_step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool):
+  def _train_step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool,
+                  latents_given: bool = False):
+    """latents_given: batch["video"] already holds the autoencoder's latents (`encode_batch`)."""
     s = self.settings
     rng = jax.random.fold_in(state.rng, state.step)
     noise_rng, deq_rng, drop_rng = jax.random.split(rng, 3)
     video = batch["video"]
-    if s.pre_encoded:
+    if s.pre_encoded or latents_given:
       x = video.astype(jnp.float32)
     else:
       x = self.autoencoder.encode(pixels_to_unit(video, deq_rng if s.dequantize else None))
@@ -295,17 +302,31 @@ class Trainer:
                               skipped_steps=state.skipped_steps + skip.astype(jnp.int32))
     return new_state, metrics
 
+  def encode_batch(self, state: TrainState, batch: dict[str, Array]) -> dict[str, Array]:
+    """The batch with its video replaced by latents, encoded outside the train step with the
+    step's own dequantisation noise (for `encodes_before_step` autoencoders)."""
+    if self._unit_pixels is None:
+      def unit_pixels(rng, step, video):
+        _, deq_rng, _ = jax.random.split(jax.random.fold_in(rng, step), 3)
+        return pixels_to_unit(video, deq_rng if self.settings.dequantize else None)
+      self._unit_pixels = jax.jit(unit_pixels, out_shardings=sharding.batch_sharding(self.mesh))
+    unit = self._unit_pixels(state.rng, state.step, batch["video"])
+    return {**batch, "video": self.autoencoder.encode(unit)}
+
   def compiled_step(self, drop_first_frame: bool):
     """The jitted step (state donated), with the state's and the batch's shardings."""
     if drop_first_frame not in self._compiled_steps:
       self._compiled_steps[drop_first_frame] = jax.jit(
-          functools.partial(self._train_step, drop_first_frame=drop_first_frame),
+          functools.partial(self._train_step, drop_first_frame=drop_first_frame,
+                            latents_given=self.encodes_before_step),
           in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
           out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
           donate_argnums=(0,))
     return self._compiled_steps[drop_first_frame]
 
   def step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):
+    if self.encodes_before_step:
+      batch = self.encode_batch(state, batch)
     return self.compiled_step(drop_first_frame)(state, batch)
 
 

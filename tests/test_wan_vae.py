@@ -174,6 +174,41 @@ class WanVAETest(parameterized.TestCase):
       build_autoencoder(AutoencoderConfig(kind="wan2.2")).decode(latents)
 
 
+class WanTrainingTest(absltest.TestCase):
+
+  def test_on_the_fly_training_encodes_before_the_step_on_a_mesh(self):
+    """With autoencoder.kind='wan2.2' and raw videos, the trainer encodes each batch with the WAN
+    runner just before the compiled step (whose program then holds no VAE weights), split over
+    the mesh; losses equal a one-device run that encodes inside the step."""
+    from experiments.configs import tiny_video
+    from starflow_jax import sharding
+    from starflow_jax.train import Trainer
+    from tests.test_train import make_batch
+    directory = os.path.join(self.create_tempdir().full_path, "vae")
+    config_2_2 = _config("2.2")
+    wan_vae.save_diffusers(directory, config_2_2, _random_params(config_2_2))
+    config = tiny_video.get_config("micro")
+    config.data.shapes.update(num_frames=5, height=32, width=32)
+    config.autoencoder.update(kind="wan2.2", checkpoint=directory, scale=0.5)
+    config.model.update(in_channels=6, img_size=2, patch_size=1)
+    config.train.update(batch_size=4, dequantize=True)
+
+    sharded = Trainer(config, sharding.make_mesh((2, 2, 2), jax.devices()[:8]))
+    self.assertTrue(sharded.encodes_before_step)
+    single = Trainer(config, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    single.encodes_before_step = False  # the reference: the VAE traced inside the step
+    states = [sharded.init_state(0), single.init_state(0)]
+    for step in range(2):
+      batch = make_batch(config, sharded.mesh, seed=step)
+      states[0], m_sharded = sharded.step(states[0], batch)
+      states[1], m_single = single.step(states[1], make_batch(config, single.mesh, seed=step))
+      for key in ("loss", "grad_norm", "denoiser_loss"):
+        np.testing.assert_allclose(float(m_sharded[key]), float(m_single[key]), rtol=2e-5, err_msg=key)
+    latents = sharded.encode_batch(states[0], batch)["video"]
+    self.assertEqual(latents.shape, (4, 2, 2, 2, 6))
+    self.assertEqual(len(latents.sharding.device_set), 8)
+
+
 def _moved(video, frame):
   out = video.copy()
   out[:, frame] = np.clip(out[:, frame] + 0.5, -1, 1)

@@ -121,9 +121,11 @@ class WanAutoencoder:
 
   jit_inside = True  # encode / decode run their own compiled steps: call them outside jax.jit
 
-  def __init__(self, config: AutoencoderConfig, expected_factors: tuple[int, int] | None = None):
+  def __init__(self, config: AutoencoderConfig, expected_factors: tuple[int, int] | None = None,
+               mesh: jax.sharding.Mesh | None = None):
     from starflow_jax.autoencoder import wan_vae
     self.config = config
+    self.mesh = mesh  # batches split over its (data, fsdp) axes, weights replicated
     self.vae_config = wan_vae.load_config(config.checkpoint)
     self.spatial_factor = self.vae_config.spatial_factor
     self.temporal_factor = self.vae_config.temporal_factor
@@ -137,7 +139,8 @@ class WanAutoencoder:
     from starflow_jax.autoencoder import wan_vae
     _, params = wan_vae.load_diffusers(self.config.checkpoint)
     return wan_vae.WanVAERunner(self.vae_config, params, jnp.dtype(self.config.dtype),
-                                encode_chunk=self.config.encode_chunk, decode_chunk=self.config.decode_chunk)
+                                encode_chunk=self.config.encode_chunk, decode_chunk=self.config.decode_chunk,
+                                mesh=self.mesh)
 
   def latent_channels(self, channels: int) -> int:
     return self.vae_config.z_dim
@@ -189,13 +192,15 @@ _PRETRAINED = {"sd_vae": (8, 1, 4), "wan2.1": (8, 4, 16), "wan2.2": (16, 4, 48)}
 _WAN = ("wan2.1", "wan2.2")
 
 
-def build_autoencoder(config: AutoencoderConfig):
+def build_autoencoder(config: AutoencoderConfig, mesh: jax.sharding.Mesh | None = None):
+  """The autoencoder of `config`. `mesh` matters only to the WAN VAE, which runs its own compiled
+  steps: its batches are then split over the mesh's (data, fsdp) axes, as the flow's are."""
   if config.kind == "identity":
     return IdentityAutoencoder(config)
   if config.kind == "causal_vae":
     return CausalVAEAutoencoder(config)
   if config.kind in _WAN and config.checkpoint:
-    return WanAutoencoder(config, _PRETRAINED[config.kind][:2])
+    return WanAutoencoder(config, _PRETRAINED[config.kind][:2], mesh=mesh)
   if config.kind in _PRETRAINED:
     return PretrainedLatentSpace(config, *_PRETRAINED[config.kind])
   raise ValueError(f"unknown autoencoder kind {config.kind!r}; available: 'identity', 'causal_vae', "
