@@ -72,6 +72,12 @@ class StepSettings:
                extend_tag=SPECIAL_TOKENS.index("(extend)"))
 
 
+def step_keys(rng: Array, step: Array) -> tuple[Array, Array, Array]:
+  """The (noise, dequantisation, condition-drop) keys of training step `step`."""
+  noise, deq, drop = jax.random.split(jax.random.fold_in(rng, step), 3)
+  return noise, deq, drop
+
+
 def pixels_to_unit(pixels: Array, rng: Array | None) -> Array:
   """uint8 pixels k -> (k + u) / 128 - 1 in [-1, 1) with u ~ U[0, 1) (dequantisation) or u = 1/2.
 
@@ -160,7 +166,7 @@ class Trainer:
     # batch just before the train step: traced inside it, its weights (GBs for WAN 2.2) would
     # become constants of the step's program. Same arithmetic, same random numbers.
     self.encodes_before_step = bool(getattr(self.autoencoder, "jit_inside", False)) and not self.settings.pre_encoded
-    self._unit_pixels = None
+    self._unit_pixels = jax.jit(self._dequantised_pixels, out_shardings=sharding.batch_sharding(mesh))
 
   # ---------------------------------------------------------------- state
   def _boxed_params(self, rng):
@@ -229,13 +235,12 @@ class Trainer:
                   latents_given: bool = False):
     """latents_given: batch["video"] already holds the autoencoder's latents (`encode_batch`)."""
     s = self.settings
-    rng = jax.random.fold_in(state.rng, state.step)
-    noise_rng, deq_rng, drop_rng = jax.random.split(rng, 3)
+    noise_rng, _, drop_rng = step_keys(state.rng, state.step)
     video = batch["video"]
     if s.pre_encoded or latents_given:
       x = video.astype(jnp.float32)
     else:
-      x = self.autoencoder.encode(pixels_to_unit(video, deq_rng if s.dequantize else None))
+      x = self.autoencoder.encode(self._dequantised_pixels(state.rng, state.step, video))
     if not self.model_config.is_video:
       x = x[:, 0]  # images: [B, H, W, C]
     batch = dict(batch)
@@ -302,14 +307,14 @@ class Trainer:
                               skipped_steps=state.skipped_steps + skip.astype(jnp.int32))
     return new_state, metrics
 
+  def _dequantised_pixels(self, rng: Array, step: Array, video: Array) -> Array:
+    """The step's autoencoder input: pixels in [-1, 1] with its dequantisation noise."""
+    _, deq_rng, _ = step_keys(rng, step)
+    return pixels_to_unit(video, deq_rng if self.settings.dequantize else None)
+
   def encode_batch(self, state: TrainState, batch: dict[str, Array]) -> dict[str, Array]:
     """The batch with its video replaced by latents, encoded outside the train step with the
     step's own dequantisation noise (for `encodes_before_step` autoencoders)."""
-    if self._unit_pixels is None:
-      def unit_pixels(rng, step, video):
-        _, deq_rng, _ = jax.random.split(jax.random.fold_in(rng, step), 3)
-        return pixels_to_unit(video, deq_rng if self.settings.dequantize else None)
-      self._unit_pixels = jax.jit(unit_pixels, out_shardings=sharding.batch_sharding(self.mesh))
     unit = self._unit_pixels(state.rng, state.step, batch["video"])
     return {**batch, "video": self.autoencoder.encode(unit)}
 
