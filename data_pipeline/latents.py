@@ -14,29 +14,31 @@ the autoencoder (data.source = 'latents').
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 
 import grain
 import numpy as np
 from flax import serialization
 
+from starflow_jax import fileio
+from starflow_jax.errors import UserError
+
 METADATA = "metadata.json"
 NULL_EMBEDDING = "null_text_embedding.npy"
 
 
-def read_metadata(directory: str) -> dict:
-  path = os.path.join(directory or "", METADATA)
-  if not directory or not os.path.isfile(path):
-    raise ValueError(f"data.latents_dir={directory!r} has no {METADATA}; write one with "
-                     "`python -m data_pipeline.preencode --config=... --out_dir=DIR` (see WORKSPACE.md)")
-  with open(path) as f:
-    return json.load(f)
+def read_metadata(directory) -> dict:
+  if not directory or not (fileio.as_path(directory) / METADATA).is_file():
+    raise UserError(f"data.latents_dir={str(directory)!r} has no {METADATA}; write one with "
+                    "`python -m data_pipeline.preencode --config=... --out_dir=DIR` (see WORKSPACE.md)")
+  return fileio.read_json(fileio.as_path(directory) / METADATA)
 
 
-def shard_paths(directory: str, split: str) -> list[str]:
-  return sorted(glob.glob(os.path.join(directory, f"{split}-*-of-*.array_record")))
+def shard_paths(directory, split: str) -> list[str]:
+  directory = fileio.as_path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(os.fspath(p) for p in directory.glob(f"{split}-*-of-*.array_record"))
 
 
 def encode_record(record: dict) -> bytes:
@@ -74,6 +76,6 @@ class LatentSource:
     return out
 
 
-def null_text_embedding(directory: str) -> np.ndarray | None:
-  path = os.path.join(directory, NULL_EMBEDDING)
-  return np.load(path) if os.path.isfile(path) else None
+def null_text_embedding(directory) -> np.ndarray | None:
+  path = fileio.as_path(directory) / NULL_EMBEDDING
+  return fileio.load_npy(path) if path.is_file() else None

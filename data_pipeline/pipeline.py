@@ -24,8 +24,11 @@ from starflow_jax.text.tokenizer import Tokenizer
 class PipelineOptions:
   """How elements are read, shuffled, sharded and batched.
 
-  batch_size is per host (the global batch divided by the process count). shard_index /
-  shard_count default to the JAX process index / count (see `host_shard`).
+  batch_size is this host's rows of every global batch. The global batch of step j is the
+  stream's elements [j * G, (j + 1) * G), G = batch_size * shard_count, and this host reads row
+  block shard_index of it: so host batch j holds exactly the rows of global batch j that the
+  host's devices own, whatever the process count (`starflow_jax.sharding.process_batch_block`
+  gives the block of a mesh), and the iterator's position is the global step on every host.
   """
 
   batch_size: int
@@ -50,10 +53,43 @@ class PipelineOptions:
     return self
 
 
-def host_shard() -> tuple[int, int]:
-  """(process index, process count) of this JAX host: the per-host data shard."""
-  import jax
-  return jax.process_index(), jax.process_count()
+def host_share(length: int, rows: int, index: int, count: int) -> int:
+  """Elements of a `length`-element stream that host `index` of `count` reads (`rows` per batch)."""
+  full, rest = divmod(length, rows * count)
+  return full * rows + min(rows, max(0, rest - index * rows))
+
+
+class HostRowsMapDataset(grain.MapDataset):
+  """Row block `index` of `count` of every global batch of a stream (see PipelineOptions).
+
+  Element i is the stream's element (i // b) * b * count + index * b + i % b, b = rows per host.
+  The hosts' streams are disjoint and together cover the parent; a final partial global batch
+  is split in the same row order (its rows past the end belong to nobody)."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, rows: int, index: int, count: int):
+    super().__init__(parent)
+    self._rows, self._index, self._count = rows, index, count
+    self._length = host_share(len(parent), rows, index, count)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, index: int) -> int:
+    step, row = divmod(index, self._rows)
+    return step * self._rows * self._count + self._index * self._rows + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices):
+    return self._parent._getitems([self._parent_index(i) for i in indices])  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f"HostRowsMapDataset(rows={self._rows}, block={self._index} of {self._count})"
 
 
 class ToTrainingExample(grain.transforms.Map):
@@ -106,8 +142,8 @@ def build_dataset(source, options: PipelineOptions, transforms: Sequence = ()) -
   if options.shuffle:
     ds = ds.seed(options.seed).shuffle()  # a new permutation of the whole source every epoch
   ds = ds.repeat(options.num_epochs)
-  # Host i takes every shard_count-th element of the stream: disjoint, and together complete.
-  ds = ds[options.shard_index::options.shard_count]
+  if options.shard_count > 1:  # this host's rows of every global batch
+    ds = HostRowsMapDataset(ds, options.batch_size, options.shard_index, options.shard_count)
   for i, transform in enumerate(transforms):
     if isinstance(transform, grain.transforms.RandomMap):
       ds = ds.random_map(transform, seed=options.seed + 1 + i)

@@ -11,23 +11,28 @@ embeddings [L, d] and the empty prompt's embedding is saved for classifier-free 
 otherwise the tokens are stored. Train from the result with
 --config.data.source=latents --config.data.latents_dir=DIR. Existing output is never replaced:
 a split already written must be removed by hand.
+
+Multi-host (--multihost, the same command on every host): each process encodes its own rows of
+every batch on its own devices and writes its own shards (numbered per process); process 0
+writes metadata.json once all are done.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from array_record.python import array_record_module
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import tqdm
 
 from data_pipeline import latents, pipeline, sources
-from starflow_jax import experiment
+from experiments import cli
+from starflow_jax import distributed, experiment, fileio
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.train import pixels_to_unit
 
@@ -45,28 +50,49 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 32, "clips per encoder call")
   flags.DEFINE_string("text_model", None, "model directory whose built-in text encoder embeds captions")
   flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory whose encoder embeds captions")
+  flags.DEFINE_bool("multihost", False, "encode on every host of a multi-host job (jax.distributed)")
+  cli.define_launch_flags()
+
+
+class _Head:
+  """The first `count` elements of a random-access source."""
+
+  def __init__(self, source, count: int):
+    self.source, self.count = source, count
+
+  def __len__(self) -> int:
+    return self.count
+
+  def __getitem__(self, index: int):
+    return self.source[index]
 
 
 def preencode(config, out_dir: str, split: str = "train", num_examples: int | None = None,
               shard_size: int = 1000, batch_size: int = 32, text_model: str | None = None,
               t5: str | None = None, progress: bool = True) -> dict:
-  """Writes the shards of one split and (re)writes metadata.json; returns the metadata."""
+  """Writes the shards of one split and (re)writes metadata.json; returns the metadata.
+
+  Collective in a multi-host run: every process calls it with the same arguments."""
+  out_dir = fileio.as_path(out_dir)
   existing = latents.shard_paths(out_dir, split)
   if existing:
     raise FileExistsError(f"{out_dir} already has {len(existing)} shards of split {split!r}; remove "
                           "them first (nothing was overwritten)")
-  os.makedirs(out_dir, exist_ok=True)
+  distributed.barrier(f"preencode checked {out_dir}")
+  out_dir.mkdir(parents=True, exist_ok=True)
   source = sources.build_source(config.data, split)
   total = min(len(source), num_examples or len(source))
   if total <= 0:
     raise ValueError(f"nothing to encode: the {split!r} split is empty")
   text_config = experiment.text_config(config)
   tokenizer = text_config.tokenizer if text_config else None
+  process, processes = jax.process_index(), jax.process_count()
   options = pipeline.PipelineOptions(batch_size=batch_size, shuffle=False, num_epochs=1,
-                                     drop_remainder=False)
+                                     drop_remainder=False, shard_index=process, shard_count=processes)
   keep = ("caption",)
-  dataset = pipeline.build_dataset(source, options,
+  dataset = pipeline.build_dataset(_Head(source, total), options,
                                    sources.element_transforms(config.data, tokenizer, training=False, keep=keep))
+  mine = pipeline.host_share(total, batch_size, process, processes)
   ae_config = experiment.autoencoder_config(config)
   autoencoder = build_autoencoder(ae_config)
   encode = lambda video: autoencoder.encode(pixels_to_unit(video, None))
@@ -93,9 +119,11 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
     embed_captions = lambda captions: np.asarray(embed(jnp.asarray(tokenizer.encode_batch(captions))))
   else:
     embed_captions = None
-  num_shards = -(-total // shard_size)
+  # Shards are numbered per process: process p writes shards [p * per_process, ...).
+  per_process = -(-(-(-total // (batch_size * processes)) * batch_size) // shard_size)
+  num_shards = per_process * processes
   written, shard, writer = 0, -1, None
-  bar = tqdm.tqdm(total=total, desc=f"encoding {split}", disable=not progress)
+  bar = tqdm.tqdm(total=mine, desc=f"encoding {split}", disable=not progress or process != 0)
   latent_shape = None
   try:
     for batch in dataset:
@@ -105,14 +133,13 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
       if embed_captions is not None:
         emb = embed_captions([str(c) for c in batch["caption"]])
       for i in range(len(lat)):
-        if written >= total:
-          break
         if written // shard_size != shard:
           if writer is not None:
             writer.close()
           shard += 1
-          path = os.path.join(out_dir, f"{split}-{shard:05d}-of-{num_shards:05d}.array_record")
-          writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+          index = process * per_process + shard
+          path = out_dir / f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
+          writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
         record = {"latents": lat[i].astype(np.float32), "caption": str(batch["caption"][i])}
         if emb is not None:
           record["text_embeddings"] = emb[i].astype(np.float32)
@@ -123,14 +150,14 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
         writer.write(latents.encode_record(record))
         written += 1
         bar.update(1)
-      if written >= total:
-        break
   finally:
     if writer is not None:
       writer.close()
     bar.close()
-  metadata_path = os.path.join(out_dir, latents.METADATA)
-  metadata = json.load(open(metadata_path)) if os.path.isfile(metadata_path) else {"splits": {}}
+  if processes > 1:
+    written = int(np.sum(multihost_utils.process_allgather(np.int64(written))))
+  metadata_path = out_dir / latents.METADATA
+  metadata = fileio.read_json(metadata_path) if metadata_path.exists() else {"splits": {}}
   frames, height, width, channels = sources.example_shape(config.data)
   metadata.update({
       "video_shape": [frames, height, width, channels], "latent_shape": latent_shape,
@@ -138,24 +165,26 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
       "text_embeddings": embed_captions is not None, "text_encoder": t5 or text_model or "",
       "source": config.data.source})
   metadata["splits"][split] = written
-  if null_embedding is not None:
-    np.save(os.path.join(out_dir, latents.NULL_EMBEDDING), null_embedding)
-  tmp = metadata_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(metadata, f, indent=1)
-  os.replace(tmp, metadata_path)
+  if distributed.is_primary():
+    if null_embedding is not None:
+      fileio.save_npy(out_dir / latents.NULL_EMBEDDING, null_embedding)
+    fileio.write_json(metadata_path, metadata, overwrite=True)
+  distributed.barrier(f"preencode wrote {out_dir}")
   return metadata
 
 
 def main(argv):
   del argv
+  cli.setup_logging()
+  cli.start_distributed(FLAGS.multihost)  # before any backend exists
   metadata = preencode(FLAGS.config, FLAGS.out_dir, FLAGS.split, FLAGS.num_examples,
                        FLAGS.shard_size, FLAGS.batch_size, FLAGS.text_model, FLAGS.t5)
-  print(f"wrote {metadata['splits'][FLAGS.split]} clips of latents {metadata['latent_shape']} "
-        f"to {FLAGS.out_dir}")
+  if distributed.is_primary():
+    print(f"wrote {metadata['splits'][FLAGS.split]} clips of latents {metadata['latent_shape']} "
+          f"to {FLAGS.out_dir}")
 
 
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config", "out_dir"])
-  app.run(main)
+  cli.run(main, user_errors=(FileNotFoundError, FileExistsError))

@@ -13,19 +13,20 @@
 --workdir is a training workdir (its exported `model/`) or a model directory (e.g. from
 `starflow_jax.interop.convert official-to-jax`). Writes OUT (MP4; GIF if OUT ends in .gif),
 the GIF and a PNG frame grid beside it; with several samples, OUT_0.mp4, OUT_1.mp4, ...
+Paths may be `gs://...`. Multi-host (--multihost, the same command on every host): the samples
+are split over all devices of all processes and process 0 writes the files.
 """
 
 import logging
-import os
-import sys
 import time
 
 from absl import app, flags
-import jax
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from experiments.cli import setup_logging
-from starflow_jax import checkpoint, media
+from experiments import cli
+from starflow_jax import checkpoint, distributed, fileio, media
+from starflow_jax.errors import UserError
 from starflow_jax.sampling import SamplingOptions, VideoSampler, options_from_defaults
 
 FLAGS = flags.FLAGS
@@ -55,40 +56,62 @@ def define_flags():
   flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
   flags.DEFINE_integer("fps", 4, "frames per second of the written video")
   flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
+  flags.DEFINE_bool("arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
+                    "[-1, 1] (OUT.npz, key 'videos'), for metrics without GIF/MP4 quantisation")
+  flags.DEFINE_bool("multihost", False, "run on every host of a multi-host job (jax.distributed)")
+  cli.define_launch_flags()
 
 
 log = logging.getLogger("starflow_jax.sample")
 
 
-def model_directory(path: str) -> str:
+def model_directory(path: str):
+  path = fileio.as_path(path)
   if checkpoint.is_model_directory(path):
     return path
-  exported = os.path.join(path, "model")
-  if checkpoint.is_model_directory(exported):
-    return exported
-  raise ValueError(f"{path} is neither a model directory nor a training workdir with an exported "
-                   "model/ (training exports it at the end; or convert official weights with "
-                   "python -m starflow_jax.interop.convert official-to-jax)")
+  if checkpoint.is_model_directory(path / "model"):
+    return path / "model"
+  raise UserError(f"{path} is neither a model directory nor a training workdir with an exported "
+                  "model/ (training exports it at the end; or convert official weights with "
+                  "python -m starflow_jax.interop.convert official-to-jax)")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CLIP_SUFFIXES = (".gif", ".mp4", ".npy", ".webm", ".mov", ".avi")
+
+
+def _read_frames(path) -> np.ndarray:
+  """uint8 or float frames [T, H, W, C] of an image, a clip or a .npy file."""
+  suffix = path.suffix.lower()
+  if suffix not in IMAGE_SUFFIXES + CLIP_SUFFIXES:
+    raise UserError(f"--input {path}: unknown file type {suffix!r}; give an image "
+                    f"({', '.join(IMAGE_SUFFIXES)}) or a clip ({', '.join(CLIP_SUFFIXES)})")
+  try:
+    with path.open("rb") as f:
+      if suffix == ".npy":
+        frames = np.load(f)
+        if frames.dtype != np.uint8:
+          frames = np.clip((frames + 1) * 127.5, 0, 255).astype(np.uint8)
+      elif suffix in IMAGE_SUFFIXES:
+        frames = np.asarray(Image.open(f).convert("RGB"))[None]
+      else:
+        import imageio.v3 as iio
+        source = f.read() if fileio.is_url(path) else str(path)  # ffmpeg reads local files itself
+        frames = np.asarray(iio.imread(source, index=None, extension=suffix))
+  except (UnidentifiedImageError, OSError, ValueError) as e:
+    raise UserError(f"--input {path} cannot be read as {suffix[1:]} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else 'damaged file'}); give a valid file") from None
+  return frames[None] if frames.ndim == 3 and suffix not in IMAGE_SUFFIXES else frames
 
 
 def load_frames(path: str, size: int, max_frames: int | None) -> np.ndarray:
   """An image or clip as float32 [T, size, size, 3] in [-1, 1] (center crop, resize)."""
-  from PIL import Image
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--input {path} does not exist")
-  if path.endswith(".npy"):
-    frames = np.load(path)
-    if frames.dtype != np.uint8:
-      frames = np.clip((frames + 1) * 127.5, 0, 255).astype(np.uint8)
-  elif path.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".bmp")):
-    frames = np.asarray(Image.open(path).convert("RGB"))[None]
-  else:
-    import imageio.v3 as iio
-    frames = np.asarray(iio.imread(path, index=None))
-    if frames.ndim == 3:
-      frames = frames[None]
+  path = fileio.as_path(path)
+  if not path.is_file():
+    raise UserError(f"--input {path} does not exist")
+  frames = _read_frames(path)
   if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"--input {path}: expected an image or a clip of RGB frames, got shape {frames.shape}")
+    raise UserError(f"--input {path}: expected an image or a clip of RGB frames, got shape {frames.shape}")
   out = []
   for frame in frames[:max_frames]:
     image = Image.fromarray(frame[..., :3] if frame.shape[-1] != 1 else frame[..., 0])
@@ -107,33 +130,52 @@ def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
       noise_std=FLAGS.noise_std, window=FLAGS.window, context=FLAGS.context)
 
 
+OUT_SUFFIXES = (".mp4", ".gif")
+
+
 def output_paths(out: str, index: int | None) -> tuple[str, str]:
-  root, ext = os.path.splitext(out)
-  if ext.lower() not in (".mp4", ".gif"):
-    raise ValueError(f"--out {out} must end in .mp4 or .gif")
-  if index is not None:
-    root = f"{root}_{index}"
-  return root + ext.lower(), root + ".gif"
+  """(main file, GIF) of sample `index` (None: the only one)."""
+  path = fileio.as_path(out)
+  suffix = path.suffix.lower()
+  if suffix not in OUT_SUFFIXES:
+    raise UserError(f"--out {out} must end in .mp4 or .gif")
+  stem = path.name[: -len(path.suffix)]
+  root = path.parent / (stem if index is None else f"{stem}_{index}")
+  return str(root) + suffix, str(root) + ".gif"
+
+
+def check_flags() -> None:
+  """The flag mistakes that can be seen before anything is loaded."""
+  output_paths(FLAGS.out, None)
+  if FLAGS.num_frames is not None and FLAGS.num_frames < 1:
+    raise UserError(f"--num_frames={FLAGS.num_frames} must be >= 1 (leave it out for the training "
+                    "clip length)")
+  if FLAGS.num_samples < 1:
+    raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
+  if FLAGS.fps < 1:
+    raise UserError(f"--fps={FLAGS.fps} must be >= 1")
+  if FLAGS.mode != "t2v" and not FLAGS.input:
+    raise UserError(f"--mode={FLAGS.mode} needs --input")
+  if FLAGS.input_frames is not None and FLAGS.input_frames < 1:
+    raise UserError(f"--input_frames={FLAGS.input_frames} must be >= 1")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  setup_logging()
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
+  cli.setup_logging()
+  check_flags()
+  cli.start_distributed(FLAGS.multihost)  # before any backend exists
   bundle = checkpoint.load_bundle(model_directory(FLAGS.workdir))
   options = sampling_options(bundle)
   num_frames = FLAGS.num_frames or bundle.sampling_defaults.get("num_frames", 1)
   prompts = list(FLAGS.prompt) * FLAGS.num_samples
   if bundle.config.conditioning is not None and not prompts:
-    raise app.UsageError("this model is conditioned: give --prompt (a caption, or a class id)")
+    raise UserError("this model is conditioned: give --prompt (a caption, or a class id)")
   if FLAGS.mode == "v2v":
     prompts = [p if p.startswith("(v2v)") else "(v2v) " + p for p in prompts]
   condition = None
   if FLAGS.mode != "t2v":
-    if not FLAGS.input:
-      raise app.UsageError(f"--mode={FLAGS.mode} needs --input")
     from starflow_jax.autoencoder import build_autoencoder
     pixel_size = bundle.config.img_size * build_autoencoder(bundle.autoencoder_config).spatial_factor
     max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
@@ -146,12 +188,14 @@ def main(argv):
   start = time.time()
   videos = sampler.generate(prompts or None, num_frames, FLAGS.seed, condition_video=condition,
                             batch_size=FLAGS.num_samples)
-  videos = np.asarray(jax.device_get(videos))
+  videos = distributed.gather_to_host(videos)  # collective: every process gets all samples
   if videos.ndim == 4:
     videos = videos[:, None]
   log.info("generated %d clip(s) of %d frames in %.1fs (%s, guidance %.2g, denoise %s)",
            len(videos), videos.shape[1], time.time() - start, options.method, options.guidance,
            sampler.denoise_mode)
+  if not distributed.is_primary():
+    return
   written = []
   for i, video in enumerate(videos):
     main_path, gif_path = output_paths(FLAGS.out, i if len(videos) > 1 else None)
@@ -159,8 +203,12 @@ def main(argv):
       if media.save_mp4(main_path, video, fps=FLAGS.fps):
         written.append(main_path)
     written.append(media.save_gif(gif_path, video, fps=FLAGS.fps))
-  grid = os.path.splitext(FLAGS.out)[0] + ".png"
-  written.append(media.save_grid_png(grid, videos, prompts or None))
+  main_path = fileio.as_path(FLAGS.out)
+  stem = main_path.parent / main_path.name[: -len(main_path.suffix)]
+  written.append(media.save_grid_png(f"{stem}.png", videos, prompts or None))
+  if FLAGS.arrays:
+    written.append(str(fileio.write_file(f"{stem}.npz", lambda local: np.savez(local, videos=videos),
+                                         suffix=".npz")))
   for path in written:
     print(f"wrote {path}")
 
@@ -168,8 +216,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   flags.mark_flag_as_required("workdir")
-  try:
-    app.run(main)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.run(main, user_errors=(FileNotFoundError, FileExistsError))

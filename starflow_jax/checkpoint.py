@@ -8,24 +8,27 @@ A *model directory* (written by `interop.convert official-to-jax`, and by traini
                      which take text embeddings from an external encoder such as Flan-T5)
   autoencoder_config the latent autoencoder (optional; identity when absent)
   sampling_defaults  training facts the sampler needs (noise_std, clip length, guidance; optional)
-Writes go to a temporary sibling directory renamed into place only when complete, so a failure
-never leaves a half-written directory and never replaces a good one.
+Writes go to a temporary sibling directory moved into place only when complete, so a failure
+never leaves a half-written directory and never replaces a good one. Paths may be local or
+`gs://...` (etils.epath). In a multi-host run saving is collective: every process calls
+`save_model` with the (possibly cross-host sharded) arrays and writes its own shards.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from starflow_jax import fileio
 from starflow_jax.autoencoder import AutoencoderConfig
 from starflow_jax.config import ModelConfig
 from starflow_jax.model import init_params
@@ -54,37 +57,17 @@ def _checkpointer() -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
-def atomic_directory_write(directory: str, write_fn, overwrite: bool = False) -> str:
-  """Calls write_fn(tmp_dir) and renames tmp_dir to `directory` when it returns.
-
-  Refuses to replace an existing `directory` unless overwrite=True; even then the old one is
-  removed only after the new one is complete.
-  """
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f"{directory} already exists; choose another --out or pass --overwrite")
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp_parent = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(directory) + "-", dir=parent)
-  tmp = os.path.join(tmp_parent, "ckpt")
-  try:
-    write_fn(tmp)
-    if os.path.exists(directory):
-      os.rename(directory, os.path.join(tmp_parent, "old"))
-    os.rename(tmp, directory)
-  finally:
-    shutil.rmtree(tmp_parent, ignore_errors=True)
-  return directory
-
-
 def save_model(directory: str, config: ModelConfig, params, overwrite: bool = False, *,
                text_config: TextEncoderConfig | None = None, text_params=None,
                autoencoder_config: AutoencoderConfig | None = None,
                sampling_defaults: dict | None = None) -> str:
-  """Writes a model directory. Returns its absolute path."""
-  tree = {"model": jax.device_get(params)}
+  """Writes a model directory (collectively in a multi-host run). Returns its path.
+
+  `params` may be numpy or jax arrays sharded in any way, also across hosts: each process
+  writes the shards it holds, nothing is gathered onto one host."""
+  tree = {"model": params}
   if text_params is not None:
-    tree["text"] = jax.device_get(text_params)
+    tree["text"] = text_params
   items = {PARAMS_ITEM: ocp.args.StandardSave(tree), CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}
   if text_config is not None:
     items[TEXT_ITEM] = ocp.args.JsonSave(text_config.to_dict())
@@ -92,17 +75,18 @@ def save_model(directory: str, config: ModelConfig, params, overwrite: bool = Fa
     items[AUTOENCODER_ITEM] = ocp.args.JsonSave(autoencoder_config.to_dict())
   if sampling_defaults:
     items[SAMPLING_ITEM] = ocp.args.JsonSave(dict(sampling_defaults))
-  return atomic_directory_write(directory, lambda path: _checkpointer().save(path, ocp.args.Composite(**items)),
-                                overwrite)
+  written = fileio.atomic_directory_write(
+      directory, lambda path: _checkpointer().save(path, ocp.args.Composite(**items)), overwrite)
+  return os.fspath(written)
 
 
-def is_model_directory(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, PARAMS_ITEM)) and os.path.isdir(os.path.join(path, CONFIG_ITEM))
+def is_model_directory(path: fileio.PathLike) -> bool:
+  path = fileio.as_path(path)
+  return (path / PARAMS_ITEM).is_dir() and (path / CONFIG_ITEM).is_dir()
 
 
-def _read_json_items(path: str) -> dict:
-  names = [n for n in (CONFIG_ITEM, TEXT_ITEM, AUTOENCODER_ITEM, SAMPLING_ITEM)
-           if os.path.isdir(os.path.join(path, n))]
+def _read_json_items(path: epath.Path) -> dict:
+  names = [n for n in (CONFIG_ITEM, TEXT_ITEM, AUTOENCODER_ITEM, SAMPLING_ITEM) if (path / n).is_dir()]
   try:
     return _checkpointer().restore(path, ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in names}))
   except Exception as e:  # orbax raises a variety of errors for damaged directories
@@ -110,15 +94,15 @@ def _read_json_items(path: str) -> dict:
                      "directory is not a starflow_jax model directory or it is damaged") from e
 
 
-def load_bundle(path: str) -> ModelBundle:
+def load_bundle(path: fileio.PathLike) -> ModelBundle:
   """Everything in a model directory, parameters checked against the configs' shapes."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = fileio.as_path(path)
+  if not path.is_dir():
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   if not is_model_directory(path):
     hint = ""
-    if os.path.isdir(os.path.join(path, "model")):
-      hint = f" (it looks like a training workdir: use {os.path.join(path, 'model')})"
+    if (path / "model").is_dir():
+      hint = f" (it looks like a training workdir: use {path / 'model'})"
     raise ValueError(f"{path} is not a model directory (it needs '{PARAMS_ITEM}/' and "
                      f"'{CONFIG_ITEM}/' written by starflow_jax.checkpoint.save_model){hint}")
   items = _read_json_items(path)
@@ -136,27 +120,25 @@ def load_model(path: str):
   return bundle.config, bundle.params
 
 
-def restore_params(path: str, config: ModelConfig, text_config: TextEncoderConfig | None = None):
-  """Restores the params item with the structure and shapes the configs imply."""
+def restore_params(path: fileio.PathLike, config: ModelConfig, text_config: TextEncoderConfig | None = None):
+  """Restores the params item with the structure and shapes the configs imply, on the default
+  device (in a multi-host run: replicated over all devices), whatever mesh and process count
+  wrote it."""
   target = {"model": jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))}
   if text_config is not None:
     tokens = jnp.zeros((1, text_config.tokenizer.max_length), jnp.int32)
     target["text"] = nn.unbox(jax.eval_shape(
         lambda: TextEncoder(text_config).init(jax.random.PRNGKey(0), tokens)["params"]))
+  if jax.process_count() > 1:
+    placement = NamedSharding(Mesh(np.asarray(jax.devices()), ("devices",)), PartitionSpec())
+  else:
+    placement = SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=placement), target)
   try:
-    restored = _checkpointer().restore(path, ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
+    restored = _checkpointer().restore(fileio.as_path(path),
+                                       ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
   except Exception as e:
     raise ValueError(f"{path}: the stored parameters do not match the model config "
                      f"({type(e).__name__}: {e}). The directory is damaged or was written for a "
                      "different architecture.") from e
   return restored[PARAMS_ITEM]
-
-
-def write_json(path: str, obj, overwrite: bool = False) -> None:
-  """Atomically writes JSON (temp file + rename); refuses to replace a file unless overwrite."""
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} already exists; choose another name or pass --overwrite")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)

@@ -2,7 +2,8 @@
 
 Videos are float arrays [T, H, W, C] in [-1, 1] (C = 1 or 3) or uint8. Small videos are
 upscaled with nearest-neighbour so a 16x16 clip is visible. Every writer goes through a temporary
-file and a rename, so a failed write never replaces an existing file with a broken one.
+file and a rename (`fileio.write_file`; paths may be `gs://...`), so a failed write never
+replaces an existing file with a broken one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from starflow_jax import fileio
 
 
 def to_uint8(video: np.ndarray) -> np.ndarray:
@@ -36,27 +39,20 @@ def upscale(video: np.ndarray, min_side: int = 128) -> np.ndarray:
   return np.repeat(np.repeat(video, factor, axis=-3), factor, axis=-2)
 
 
-def _atomic(path: str, write):
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  root, ext = os.path.splitext(path)
-  tmp = f"{root}.tmp-{os.getpid()}{ext}"
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+def _atomic(path, write) -> str:
+  path = fileio.as_path(path)
+  fileio.write_file(path, write, suffix=path.suffix)
+  return os.fspath(path)
 
 
-def save_gif(path: str, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str:
+def save_gif(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str:
   frames = upscale(to_uint8(video), min_side)
   images = [Image.fromarray(f) for f in frames]
   return _atomic(path, lambda p: images[0].save(p, save_all=True, append_images=images[1:],
                                                 duration=max(1, int(1000 / fps)), loop=0))
 
 
-def save_mp4(path: str, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str | None:
+def save_mp4(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str | None:
   """Writes an H.264 MP4 with the ffmpeg binary bundled by imageio-ffmpeg; None if unavailable."""
   try:
     import imageio.v2 as imageio
@@ -97,6 +93,6 @@ def frame_grid(videos: np.ndarray, captions: list[str] | None = None, min_side: 
   return np.asarray(image)
 
 
-def save_grid_png(path: str, videos: np.ndarray, captions: list[str] | None = None) -> str:
+def save_grid_png(path, videos: np.ndarray, captions: list[str] | None = None) -> str:
   grid = frame_grid(videos, captions)
   return _atomic(path, lambda p: Image.fromarray(grid).save(p, format="PNG"))

@@ -4,6 +4,8 @@
 close). It writes TensorBoard events with tensorboardX (clu's writers import TensorFlow, which
 this project keeps out of its install) and appends every scalar record to `metrics.jsonl`, the
 source of the loss-curve plot and of the exact-resume test. Only the main process writes.
+The workdir may be local or `gs://...`: a local metrics.jsonl is appended to and flushed per
+record; a remote one (objects cannot be appended to) is rewritten whole, earlier lines kept.
 """
 
 from __future__ import annotations
@@ -12,30 +14,54 @@ import json
 import os
 from typing import Mapping
 
-import jax
 import numpy as np
+
+from starflow_jax import distributed, fileio
 
 METRICS_FILE = "metrics.jsonl"
 
 
+class _JsonLines:
+  """Appends lines to a file and makes each durable at once (a killed run keeps them)."""
+
+  def __init__(self, path):
+    self.path = fileio.as_path(path)
+    self.remote = fileio.is_url(self.path)
+    if self.remote:
+      self.lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    else:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      self.file = open(os.fspath(self.path), "a")
+
+  def append(self, line: str) -> None:
+    if self.remote:
+      self.lines.append(line)
+      fileio.write_text(self.path, "".join(self.lines))
+    else:
+      self.file.write(line)
+      self.file.flush()
+
+  def close(self) -> None:
+    if not self.remote:
+      self.file.close()
+
+
 class MetricWriter:
-  def __init__(self, workdir: str, tensorboard: bool = True):
-    self.workdir = workdir
-    self.active = jax.process_index() == 0
+  def __init__(self, workdir, tensorboard: bool = True):
+    self.workdir = fileio.as_path(workdir)
+    self.active = distributed.is_primary()
     self._tb = None
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+      self._jsonl = _JsonLines(self.workdir / METRICS_FILE)
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.active:
       return
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()  # a killed run keeps every logged step
+    self._jsonl.append(json.dumps(record) + "\n")
     if self._tb is not None:
       for key, value in scalars.items():
         self._tb.add_scalar(key, float(value), int(step))
@@ -48,7 +74,6 @@ class MetricWriter:
 
   def flush(self) -> None:
     if self.active:
-      self._jsonl.flush()
       if self._tb is not None:
         self._tb.flush()
 
@@ -60,25 +85,24 @@ class MetricWriter:
         self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir) -> list[dict]:
   """Records of metrics.jsonl; a step logged twice (after a resume) keeps its last record."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = fileio.as_path(workdir) / METRICS_FILE
+  if not path.exists():
     return []
   by_step = {}
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-          continue
-        by_step[record["step"]] = record
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if line:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by a kill
+        continue
+      by_step[record["step"]] = record
   return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss_curve(workdir: str, path: str | None = None, keys=("loss", "bpd", "denoiser_loss")) -> str | None:
+def plot_loss_curve(workdir, path=None, keys=("loss", "bpd", "denoiser_loss")) -> str | None:
   """Saves a PNG of the logged training curves; returns its path (None if nothing was logged)."""
   records = read_metrics(workdir)
   keys = [k for k in keys if any(k in r for r in records)]
@@ -96,7 +120,7 @@ def plot_loss_curve(workdir: str, path: str | None = None, keys=("loss", "bpd", 
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  path = path or os.path.join(workdir, "loss_curve.png")
-  fig.savefig(path, dpi=110)
+  path = fileio.as_path(path or fileio.as_path(workdir) / "loss_curve.png")
+  fileio.write_file(path, lambda local: fig.savefig(local, dpi=110, format="png"), suffix=".png")
   plt.close(fig)
-  return path
+  return os.fspath(path)

@@ -13,6 +13,11 @@
      Tweedie step, by default; the official sampler uses 0.3), or the flow's own score
      x + sigma^2 grad log p(x), or none; windowed with overlap for long videos;
   4. the autoencoder's decoder.
+Over several devices or hosts (`mesh`; by default all devices of a multi-host run) the sampler
+lays the devices out as [hosts, local devices]: a batch is split over all of them when it
+divides the device count, else over the hosts when it divides the host count (2 samples on 2
+hosts: one each), else replicated; parameters are replicated; every compiled call runs on all
+processes at once, and `distributed.gather_to_host` collects the videos.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from starflow_jax import decoding, jacobi, losses, model as model_lib, tokens
+from starflow_jax import decoding, distributed, jacobi, losses, model as model_lib, sharding, tokens
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.decoding import DecodeState
+from starflow_jax.errors import UserError
 from starflow_jax.flow import FlowBlock
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.model import StarFlow
@@ -93,16 +100,21 @@ class VideoSampler:
   """Samples a trained model (a `ModelBundle` read from a model directory)."""
 
   def __init__(self, bundle: ModelBundle, options: SamplingOptions = SamplingOptions(),
-               text_encoder=None):
+               text_encoder=None, mesh: jax.sharding.Mesh | None = None):
     """`text_encoder`: prompts -> embeddings [B, L, txt_dim] for models trained on an external,
     frozen encoder (e.g. `starflow_jax.text.t5.T5TextEncoder` for Flan-T5); the null condition
-    is its encoding of the empty prompt."""
+    is its encoding of the empty prompt. `mesh`: devices to sample on (default: one device, or
+    all devices when there are several processes)."""
+    if mesh is None and jax.process_count() > 1:
+      mesh = sharding.make_mesh((-1, 1, 1))
+    self.mesh = None if mesh is None else host_major_mesh(mesh.devices.flat)
     self.external_text_encoder = text_encoder
     self.bundle = bundle
     self.config = bundle.config
-    self.params = bundle.params
     self.options = options.validate()
-    self.autoencoder = build_autoencoder(bundle.autoencoder_config)
+    self.params = self._replicate(bundle.params)
+    self.text_params = self._replicate(bundle.text_params)
+    self.autoencoder = build_autoencoder(bundle.autoencoder_config, mesh=self.mesh)
     self.model = StarFlow(self.config)
     self.deep = model_lib.deep_block(self.config)
     self.shallow = [model_lib.shallow_block(self.config, i) for i in range(self.config.num_blocks - 1)]
@@ -138,9 +150,39 @@ class VideoSampler:
 
   def set_params(self, params, text_params=None) -> None:
     """Swaps in new parameters of the same shapes (e.g. during training): no recompilation."""
-    self.params = params
+    self.params = self._replicate(params)
     if text_params is not None:
-      self.bundle = dataclasses.replace(self.bundle, text_params=text_params)
+      self.text_params = self._replicate(text_params)
+
+  # ------------------------------------------------------------------ placement
+  def _replicate(self, tree):
+    """Parameters on every device (as they are without a mesh), in one compiled copy: however
+    they were placed (a training mesh, one device, host memory)."""
+    if self.mesh is None or tree is None:
+      return tree
+    host_or_global = lambda x: x if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x)
+    return _replicate_fn(self.mesh)(jax.tree_util.tree_map(host_or_global, tree))
+
+  def _batch_sharding(self, batch: int) -> NamedSharding:
+    hosts, local = self.mesh.shape["host"], self.mesh.shape["local"]
+    if batch % (hosts * local) == 0:
+      return NamedSharding(self.mesh, P(("host", "local")))
+    return NamedSharding(self.mesh, P("host") if batch % hosts == 0 else P())
+
+  def place(self, x):
+    """A batch-major array (numpy or jax, however placed) as a global array split over the
+    devices (see the module docstring); unchanged without a mesh."""
+    if self.mesh is None or x is None:
+      return x
+    if not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      x = np.asarray(x)
+    return jax.device_put(x, self._batch_sharding(x.shape[0]))
+
+  def _normal(self, seed: int, shape) -> Array:
+    """N(0, 1) noise of `shape`, created directly with its placement (the same numbers on any
+    placement: threefry is partitionable)."""
+    out = None if self.mesh is None else self._batch_sharding(shape[0])
+    return _normal_fn(tuple(shape), out)(jax.random.PRNGKey(seed))
 
   def compiled_functions(self) -> list:
     """The jitted functions (their cache sizes count compilations)."""
@@ -158,22 +200,27 @@ class VideoSampler:
     if cfg.conditioning is None:
       return None, None
     if cfg.conditioning == "class":
-      labels = jnp.asarray([int(p) for p in prompts], jnp.int32)
-      return labels, jnp.full_like(labels, cfg.num_classes)
+      labels = np.asarray([int(p) for p in prompts], np.int32)
+      return self.place(labels), self.place(np.full_like(labels, cfg.num_classes))
     if self.text_encoder is None:
       if self.external_text_encoder is not None:
-        return self.external_text_encoder(list(prompts)), self.external_text_encoder([""] * len(prompts))
+        return (self.place(self.external_text_encoder(list(prompts))),
+                self.place(self.external_text_encoder([""] * len(prompts))))
       raise ValueError("this model directory has no built-in text encoder; give the encoder it was "
                        "trained with (--t5=DIR for Flan-T5) or pass text embeddings (cond=...)")
     tokenizer = self.bundle.text_config.tokenizer
+    for i, prompt in enumerate(prompts):
+      if tokenizer.length(prompt) > tokenizer.max_length:
+        raise UserError(f"prompt {i} ({prompt[:40]!r}...) is {tokenizer.length(prompt)} tokens long "
+                        f"but this model reads at most {tokenizer.max_length} (model.txt_size, "
+                        "<bos> included); shorten it")
     unknown = sorted({w for p in prompts for w in tokenizer.unknown_words(p)})
     if unknown:
       logging.warning("words not in the model's vocabulary become <unk>: %s (known: %s)",
                       unknown, ", ".join(tokenizer.vocabulary))
-    ids = jnp.asarray(tokenizer.encode_batch(list(prompts)))
-    null_ids = jnp.asarray(tokenizer.encode_batch([""] * len(prompts)))
-    text_params = self.bundle.text_params
-    return self._encode_text(text_params, ids), self._encode_text(text_params, null_ids)
+    ids = self.place(np.asarray(tokenizer.encode_batch(list(prompts))))
+    null_ids = self.place(np.asarray(tokenizer.encode_batch([""] * len(prompts))))
+    return self._encode_text(self.text_params, ids), self._encode_text(self.text_params, null_ids)
 
   # ------------------------------------------------------------------ public API
   def generate(self, prompts: Sequence[str] | None, num_frames: int, seed: int = 0, *,
@@ -197,7 +244,8 @@ class VideoSampler:
       raise ValueError(f"num_frames={num_frames} must be >= 1")
     latent_frames = self.autoencoder.latent_frames(num_frames)
     shape = (batch, latent_frames, cfg.img_size, cfg.img_size, cfg.in_channels)
-    z = self.options.temperature * jax.random.normal(jax.random.PRNGKey(seed), shape)
+    cond, null_cond = self.place(cond), self.place(null_cond)
+    z = self.options.temperature * self._normal(seed, shape)
     prefix = None
     if condition_video is not None:
       prefix = self._condition_latents(condition_video, batch, latent_frames, seed)
@@ -209,11 +257,11 @@ class VideoSampler:
     return (pixels, latents) if return_latents else pixels
 
   def _condition_latents(self, video, batch: int, latent_frames: int, seed: int) -> Array:
-    video = jnp.asarray(video, jnp.float32)
+    video = np.asarray(video, np.float32)
     if video.ndim == 4:  # one image per sample
       video = video[:, None]
     if video.shape[0] == 1 and batch > 1:
-      video = jnp.broadcast_to(video, (batch,) + video.shape[1:])
+      video = np.broadcast_to(video, (batch,) + video.shape[1:])
     if video.shape[0] != batch:
       raise ValueError(f"the conditioning video has batch {video.shape[0]} but {batch} samples "
                        "are requested; give one clip, or one per sample")
@@ -221,11 +269,11 @@ class VideoSampler:
     if tuple(video.shape[2:4]) != expected:
       raise ValueError(f"conditioning frames are {video.shape[2]}x{video.shape[3]} but the model "
                        f"generates {expected[0]}x{expected[1]}; resize them first")
-    latents = self.autoencoder.encode(video)
+    latents = self.autoencoder.encode(self.place(video))
     if latents.shape[1] >= latent_frames:
       raise ValueError(f"the conditioning clip has {latents.shape[1]} latent frames but only "
                        f"{latent_frames} are generated; ask for more frames")
-    noise = jax.random.normal(jax.random.PRNGKey(seed + 1), latents.shape)
+    noise = self._normal(seed + 1, latents.shape)
     return latents + self.options.noise_std * noise  # the model was trained on noisy latents
 
   # ------------------------------------------------------------------ flow inverse
@@ -283,23 +331,23 @@ class VideoSampler:
     done = start // n
     if on_frame is not None:
       for f in range(done):
-        on_frame(f, self._frame_tokens(state.buffer, jnp.int32(f), n, b))
+        on_frame(f, self._frame_tokens(state.buffer, np.int32(f), n, b))
     target = min(s_total, window * n)
     bar = tqdm.tqdm(total=t, initial=done, desc="deep block", unit="frame",
-                    disable=not self.options.progress, leave=False)
+                    disable=not self.options.progress or not distributed.is_primary(), leave=False)
     while True:
       for first, size, count in self._calls(start, target, n):
-        state = self._run(params, state, z_perm, jnp.int32(first), size, count, window_grid)
+        state = self._run(params, state, z_perm, np.int32(first), size, count, window_grid)
         start = first + size * count
         for f in range(done, start // n):
           if on_frame is not None:
-            on_frame(f, self._frame_tokens(state.buffer, jnp.int32(f), n, b))
+            on_frame(f, self._frame_tokens(state.buffer, np.int32(f), n, b))
         bar.update(start // n - done)
         done = start // n
       if target >= s_total:
         break
       target = min(target + (window - context) * n, s_total)
-      state = self._reencode(params, state, cond, jnp.int32(start), context * n, window_grid)
+      state = self._reencode(params, state, cond, np.int32(start), context * n, window_grid)
     bar.close()
     return tokens.unpermute(state.buffer[:b, 1:], self.deep.order, n).reshape(b, t, n, d)
 
@@ -404,12 +452,31 @@ class VideoSampler:
     out, written, start = latents, 0, 0
     while written < t:  # every window has the same length and dynamic offsets: no recompilation
       start = min(start, t - window)
-      chunk = fn(self._take_frames(latents, jnp.int32(start), window))
+      chunk = fn(self._take_frames(latents, np.int32(start), window))
       keep = max(written, start + (overlap if start > 0 else 0))
-      out = self._merge_frames(out, chunk, jnp.int32(start), jnp.int32(keep))
+      out = self._merge_frames(out, chunk, np.int32(start), np.int32(keep))
       written = start + window
       start += window - overlap
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _replicate_fn(mesh: Mesh):
+  return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, P()))
+
+
+def host_major_mesh(devices) -> Mesh:
+  """`devices` as a ('host', 'local') mesh: one row per process, its devices in order."""
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  hosts = len({d.process_index for d in devices})
+  return Mesh(np.asarray(devices, dtype=object).reshape(hosts, -1), ("host", "local"))
+
+
+@functools.lru_cache(maxsize=None)
+def _normal_fn(shape: tuple[int, ...], out_sharding):
+  if out_sharding is None:
+    return jax.jit(lambda key: jax.random.normal(key, shape))
+  return jax.jit(lambda key: jax.random.normal(key, shape), out_shardings=out_sharding)
 
 
 def _merge_frames(out: Array, chunk: Array, start, keep) -> Array:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from starflow_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -128,8 +130,32 @@ def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
+def process_batch_block(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+  """(index, count): this process's devices hold rows [index * b, (index + 1) * b) of every
+  global batch of `global_batch` rows, b = global_batch // count.
+
+  Read off the batch sharding, not assumed from the process index: the data pipeline gives
+  each host exactly the rows its devices own. Processes whose devices replicate the batch (a
+  tensor axis across hosts) share a block."""
+  indices = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
+  if not indices:
+    raise UserError(f"process {jax.process_index()} has no device in the mesh {dict(mesh.shape)}; "
+                    "use a mesh over all devices (config.mesh.shape with -1, or sizes whose "
+                    "product is jax.device_count())")
+  rows = set()
+  for index in indices.values():
+    rows.update(range(*index[0].indices(global_batch)))
+  start, stop = min(rows), max(rows) + 1
+  size = stop - start
+  if len(rows) != size or global_batch % size or start % size:
+    raise UserError(f"the mesh {dict(mesh.shape)} gives process {jax.process_index()} rows "
+                    f"{sorted(rows)} of each batch of {global_batch}, not one contiguous block; "
+                    "order the mesh so each host's devices are adjacent along the batch axes")
+  return start // size, global_batch // size
+
+
 def global_batch_from_host(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles global arrays from this host's part of the batch (multi-host ready)."""
+  """Assembles global arrays from this host's rows of the batch (`process_batch_block`)."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 

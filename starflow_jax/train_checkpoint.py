@@ -3,30 +3,63 @@
 Each step directory holds the train state (params, optimizer state, step, rng, counters), the
 data iterator's state (grain, one file per host) and the experiment config. Saves are periodic,
 keep the newest N, and are asynchronous; orbax commits a step only when it is complete, so a
-run killed mid-save leaves the previous checkpoints intact. Restoring uses the current mesh's
-shardings, so a run can resume on a different mesh shape. A checkpoint that cannot be restored,
-or that was written by a different model, is an error that names the step and the fix; nothing
-is deleted or overwritten.
+run killed mid-save leaves the previous checkpoints intact. Every process saves and restores
+collectively (its own shards of the state, its own iterator file). Restoring uses the current
+mesh's shardings, so a run can resume on a different mesh shape and on a different number of
+processes: each host's iterator position is the global step (see data_pipeline.pipeline), so
+the saved position carries over. A checkpoint that cannot be restored, or that was written by a
+different model, is an error that names the step and the fix; nothing is deleted or overwritten.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 from starflow_jax import checkpoint as model_checkpoint
+from starflow_jax import fileio
 from starflow_jax.config import ModelConfig
+from starflow_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+DATA_ITEM = "data_iter"
 
 
-def checkpoint_directory(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+def checkpoint_directory(workdir: fileio.PathLike) -> epath.Path:
+  return fileio.as_path(workdir) / CHECKPOINT_DIR
+
+
+def _iterator_file(process_index: int, process_count: int) -> str:
+  return f"process_{process_index}-of-{process_count}.json"  # grain's CheckpointHandler names
+
+
+def portable_iterator_state(data_dir: epath.Path) -> dict:
+  """The iterator position saved by a run with another process count, for this process.
+
+  Host batch j is the host's rows of global batch j, so a serial pipeline's state
+  {'next_index': j} means the same position on every host and for any process count. States of
+  worker-process pipelines (data.worker_count > 0) hold grain's per-worker bookkeeping and do
+  not carry over."""
+  files = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.is_dir() else []
+  if not files:
+    raise UserError(f"{data_dir} holds no data-iterator state; the checkpoint is damaged. Move "
+                    "that step directory away to resume from an earlier one.")
+  states = [json.loads(f.read_text()) for f in files]
+  if any(set(state) != {"next_index"} for state in states):
+    raise UserError(f"the checkpoint in {data_dir.parent} was written by {len(files)} processes "
+                    "with grain worker processes (data.worker_count > 0); their iterator state "
+                    f"does not carry over to {jax.process_count()} processes. Resume with the "
+                    "original process count, or train with data.worker_count=0")
+  positions = {int(state["next_index"]) for state in states}
+  if len(positions) != 1:
+    raise UserError(f"the hosts' data positions in {data_dir} disagree ({sorted(positions)}); "
+                    "the checkpoint is damaged")
+  return {"next_index": positions.pop()}
 
 
 class TrainCheckpointer:
@@ -71,11 +104,21 @@ class TrainCheckpointer:
     return restored["config"]
 
   def restore(self, step: int, abstract_state, iterator):
-    """The train state at `step` (with the shardings in `abstract_state`); moves `iterator`."""
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              data_iter=grain.checkpoint.CheckpointRestore(iterator))
+    """The train state at `step` (with the shardings in `abstract_state`); moves `iterator`.
+
+    A checkpoint written by another number of processes restores too (resharded state, the
+    data position carried over)."""
+    data_dir = self.directory / str(step) / DATA_ITEM
+    same_processes = (data_dir / _iterator_file(jax.process_index(), jax.process_count())).exists()
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if same_processes:
+      args["data_iter"] = grain.checkpoint.CheckpointRestore(iterator)
     try:
-      restored = self.manager.restore(step, args=args)
+      restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+      if not same_processes:
+        iterator.set_state(portable_iterator_state(data_dir))
+    except UserError:
+      raise
     except Exception as e:
       raise ValueError(
           f"cannot restore checkpoint step {step} from {self.directory} ({type(e).__name__}: {e}). "
@@ -91,12 +134,15 @@ class TrainCheckpointer:
     self.manager.close()
 
 
-def export_model(workdir: str, state, model_config: ModelConfig, text_config=None,
+def export_model(workdir: fileio.PathLike, state, model_config: ModelConfig, text_config=None,
                  autoencoder_config=None, sampling_defaults: dict | None = None,
                  name: str = "model") -> str:
-  """Writes the trained model as a model directory (what the sampler and converter read)."""
-  params = jax.device_get(state.params)
+  """Writes the trained model as a model directory (what the sampler and converter read).
+
+  Collective in a multi-host run: the parameters stay sharded as trained and each process
+  writes its own shards."""
+  params = state.params
   return model_checkpoint.save_model(
-      os.path.join(workdir, name), model_config, params["model"], overwrite=True,
+      fileio.as_path(workdir) / name, model_config, params["model"], overwrite=True,
       text_config=text_config, text_params=params.get("text"), autoencoder_config=autoencoder_config,
       sampling_defaults=sampling_defaults)

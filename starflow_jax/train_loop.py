@@ -7,22 +7,23 @@ state and the data iterator. Every `log.sample_every_steps`: sample clips from t
 into `workdir/samples/`. At the end: a final checkpoint, the model exported as `workdir/model`
 (a model directory for the sampler and the converter) and `workdir/loss_curve.png`.
 A run restarted with the same command resumes from its latest checkpoint exactly.
+Multi-host: every process runs this same function (`config.mesh.multihost`); each reads its own
+rows of every global batch, checkpoints and the export are collective, and files meant to exist
+once (config, metrics, TensorBoard, sample grids, the loss curve) are written by process 0.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
 from data_pipeline import pipeline, sources
 from starflow_jax import checkpoint as model_checkpoint
-from starflow_jax import experiment, media, metrics as metrics_lib, sharding
+from starflow_jax import distributed, experiment, fileio, media, metrics as metrics_lib, sharding
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.train import Trainer, TrainState, drop_first_frame_now
 from starflow_jax.train_checkpoint import TrainCheckpointer, export_model
@@ -31,34 +32,28 @@ MODEL_INPUT_KEYS = ("video", "tokens", "label", "text_embeddings")
 log = logging.getLogger(__name__)
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
-  os.replace(tmp, path)
+def _write_config(workdir, config: ml_collections.ConfigDict) -> None:
+  if distributed.is_primary():
+    fileio.write_text(fileio.as_path(workdir) / "config.json", config.to_json_best_effort(indent=1))
 
 
-def build_train_data(config: ml_collections.ConfigDict, trainer: Trainer):
-  """The training pipeline of this host (its shard of every global batch)."""
+def build_train_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, text_config=None):
+  """The training pipeline of this host: its rows of every global batch on `mesh`."""
   source = sources.build_source(config.data, "train")
-  index, count = pipeline.host_shard()
+  index, count = sharding.process_batch_block(mesh, config.train.batch_size)
   options = pipeline.PipelineOptions(
       batch_size=config.train.batch_size // count, seed=config.seed, shard_index=index,
       shard_count=count, worker_count=config.data.get("worker_count", 0),
       read_threads=config.data.get("read_threads", 4),
       prefetch_buffer_size=config.data.get("prefetch_buffer_size", 8))
-  tokenizer = trainer.text_config.tokenizer if trainer.text_config else None
+  tokenizer = text_config.tokenizer if text_config else None
   return pipeline.build_dataset(source, options, sources.element_transforms(config.data, tokenizer))
 
 
 class _Sampler:
   """Periodic samples from the current parameters (the VideoSampler is built once)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, trainer: Trainer, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, trainer: Trainer, workdir):
     from starflow_jax import sampling
     self.config, self.trainer, self.workdir = config, trainer, workdir
     self.sampling = sampling
@@ -70,22 +65,26 @@ class _Sampler:
     elif not self.prompts and trainer.model_config.conditioning == "class":
       self.prompts = [str(i % trainer.model_config.num_classes) for i in range(config.log.num_samples)]
 
-  def __call__(self, step: int, state: TrainState, writer: metrics_lib.MetricWriter) -> str:
+  def __call__(self, step: int, state: TrainState, writer: metrics_lib.MetricWriter) -> str | None:
+    """Samples (collectively); process 0 writes the grid and returns its path, the others None."""
     params = state.params
     if self.sampler is None:
       bundle = model_checkpoint.ModelBundle(
           self.trainer.model_config, params["model"], self.trainer.text_config, params.get("text"),
           experiment.autoencoder_config(self.config))
-      self.sampler = self.sampling.VideoSampler(bundle, sampling_options(self.config, progress=False))
+      self.sampler = self.sampling.VideoSampler(bundle, sampling_options(self.config, progress=False),
+                                                mesh=self.trainer.mesh)
     self.sampler.set_params(params["model"], params.get("text"))
     frames = sources.example_shape(self.config.data)[0]
     prompts = self.prompts or None
     videos = self.sampler.generate(prompts, frames, seed=self.config.seed, batch_size=self.config.log.num_samples)
-    videos = np.asarray(jax.device_get(videos))
+    videos = distributed.gather_to_host(videos)  # collective
     if videos.ndim == 4:
       videos = videos[:, None]
-    path = media.save_grid_png(os.path.join(self.workdir, "samples", f"step_{step:07d}.png"), videos,
-                               self.prompts)
+    if not distributed.is_primary():
+      return None
+    path = media.save_grid_png(fileio.as_path(self.workdir) / "samples" / f"step_{step:07d}.png",
+                               videos, self.prompts)
     writer.write_images(step, {"samples": media.frame_grid(videos, self.prompts)})
     return path
 
@@ -115,15 +114,17 @@ def sampling_options(config: ml_collections.ConfigDict, progress: bool = True):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint if there is one)."""
-  if config.mesh.get("multihost", False):
-    jax.distributed.initialize()
+  """Trains `config` in `workdir` (resuming from its latest checkpoint if there is one).
+
+  In a multi-host run every process calls this with the same arguments."""
+  distributed.initialize(config.mesh.get("multihost", False))
+  workdir = fileio.as_path(workdir)
   experiment.validate_experiment(config)
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
   trainer = Trainer(config, mesh)
   _write_config(workdir, config)
-  dataset = build_train_data(config, trainer)
+  dataset = build_train_data(config, mesh, trainer.text_config)
   iterator = iter(dataset)
   ckpt = TrainCheckpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep,
                            config.checkpoint.get("async_save", True))
@@ -172,16 +173,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ckpt.save(done, state, iterator, config)
     if sampler is not None and (done % config.log.sample_every_steps == 0 or done == num_steps):
       path = sampler(done, state, writer)
-      log.info("samples at step %d: %s", done, path)
+      if path:
+        log.info("samples at step %d: %s", done, path)
     bar.update(1)
   bar.close()
   if ckpt.latest_step() != num_steps:
     ckpt.save(num_steps, state, iterator, config, force=True)
   ckpt.close()
   writer.close()
-  if jax.process_index() == 0:
-    model_dir = export_model(workdir, state, trainer.model_config, trainer.text_config,
-                             experiment.autoencoder_config(config), sampling_defaults(config))
+  model_dir = export_model(workdir, state, trainer.model_config, trainer.text_config,  # collective
+                           experiment.autoencoder_config(config), sampling_defaults(config))
+  if distributed.is_primary():
     curve = metrics_lib.plot_loss_curve(workdir)
     log.info("model exported to %s; loss curve %s", model_dir, curve)
   return state

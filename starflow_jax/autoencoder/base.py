@@ -66,12 +66,13 @@ class IdentityAutoencoder:
 class CausalVAEAutoencoder:
   """The small causal 3D VAE of `causal_vae.py`, frozen, from an autoencoder directory."""
 
-  def __init__(self, config: AutoencoderConfig):
+  def __init__(self, config: AutoencoderConfig, mesh: jax.sharding.Mesh | None = None):
     from starflow_jax.autoencoder import causal_vae, vae_checkpoint
     if not config.checkpoint:
       raise ValueError("autoencoder kind 'causal_vae' needs autoencoder.checkpoint: the directory "
                        "written by `python -m experiments.train_vae`")
     self.config = config
+    self.mesh = mesh  # parameters replicated over it, so global (multi-host) batches decode
     # The config is read now (shape queries: training set-up, validation, sampling defaults); the
     # parameters only when something is encoded or decoded.
     self.vae_config = vae_checkpoint.load_config(config.checkpoint)
@@ -84,7 +85,10 @@ class CausalVAEAutoencoder:
   @functools.cached_property
   def params(self):
     from starflow_jax.autoencoder import vae_checkpoint
-    return vae_checkpoint.load(self.config.checkpoint)[1]
+    params = vae_checkpoint.load(self.config.checkpoint)[1]
+    if self.mesh is not None:
+      params = jax.device_put(params, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+    return params
 
   def latent_channels(self, channels: int) -> int:
     return self.vae_config.latent_channels
@@ -193,12 +197,13 @@ _WAN = ("wan2.1", "wan2.2")
 
 
 def build_autoencoder(config: AutoencoderConfig, mesh: jax.sharding.Mesh | None = None):
-  """The autoencoder of `config`. `mesh` matters only to the WAN VAE, which runs its own compiled
-  steps: its batches are then split over the mesh's (data, fsdp) axes, as the flow's are."""
+  """The autoencoder of `config`. With a `mesh`, learned autoencoders keep their weights on all
+  of its devices, so batches sharded over it (also across hosts) encode and decode; the WAN VAE,
+  which runs its own compiled steps, splits its batches over the mesh's (data, fsdp) axes."""
   if config.kind == "identity":
     return IdentityAutoencoder(config)
   if config.kind == "causal_vae":
-    return CausalVAEAutoencoder(config)
+    return CausalVAEAutoencoder(config, mesh=mesh)
   if config.kind in _WAN and config.checkpoint:
     return WanAutoencoder(config, _PRETRAINED[config.kind][:2], mesh=mesh)
   if config.kind in _PRETRAINED:

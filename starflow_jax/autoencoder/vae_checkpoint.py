@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import orbax.checkpoint as ocp
 
+from starflow_jax import fileio
 from starflow_jax.autoencoder.causal_vae import CausalVAE, CausalVAEConfig
-from starflow_jax.checkpoint import atomic_directory_write
 
 
 def save(directory: str, config: CausalVAEConfig, params, report: dict | None = None,
@@ -18,7 +18,9 @@ def save(directory: str, config: CausalVAEConfig, params, report: dict | None = 
   if report:
     items["report"] = ocp.args.JsonSave(report)
   ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  return atomic_directory_write(directory, lambda p: ckptr.save(p, ocp.args.Composite(**items)), overwrite)
+  written = fileio.atomic_directory_write(directory, lambda p: ckptr.save(p, ocp.args.Composite(**items)),
+                                          overwrite)
+  return str(written)
 
 
 def _readable(directory: str, read):
@@ -35,7 +37,7 @@ def load_config(directory: str) -> CausalVAEConfig:
   """The VAE's config alone (compression factors, channels), without reading its parameters."""
   ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   return _readable(directory, lambda: CausalVAEConfig.from_dict(
-      ckptr.restore(directory, ocp.args.Composite(vae_config=ocp.args.JsonRestore()))["vae_config"]))
+      ckptr.restore(fileio.as_path(directory), ocp.args.Composite(vae_config=ocp.args.JsonRestore()))["vae_config"]))
 
 
 def load(directory: str) -> tuple[CausalVAEConfig, dict]:
@@ -46,5 +48,5 @@ def load(directory: str) -> tuple[CausalVAEConfig, dict]:
                                                                   jax.random.PRNGKey(1))["params"]))
   ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   params = _readable(directory, lambda: ckptr.restore(
-      directory, ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"])
+      fileio.as_path(directory), ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"])
   return config, params

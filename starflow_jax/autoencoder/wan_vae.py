@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from starflow_jax import sharding
+from starflow_jax import fileio, sharding
 from starflow_jax.autoencoder import causal_vae
 
 Array = jnp.ndarray
@@ -586,11 +586,12 @@ class WanVAERunner:
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-def diffusers_directory(directory: str) -> str:
+def diffusers_directory(directory) -> str:
   """The folder holding the VAE's config.json: `directory` itself or its `vae/` subfolder."""
-  for candidate in (directory, os.path.join(directory, "vae")):
-    if os.path.isfile(os.path.join(candidate, "config.json")):
-      return candidate
+  root = fileio.as_path(directory)
+  for candidate in (root, root / "vae"):
+    if (candidate / "config.json").is_file():
+      return os.fspath(candidate)
   raise FileNotFoundError(f"{directory} has no config.json (nor vae/config.json): point it at a diffusers "
                           "AutoencoderKLWan folder, e.g. the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers "
                           "(see WORKSPACE.md)")
@@ -598,8 +599,7 @@ def diffusers_directory(directory: str) -> str:
 
 def load_config(directory: str) -> WanVAEConfig:
   directory = diffusers_directory(directory)
-  with open(os.path.join(directory, "config.json")) as f:
-    values = json.load(f)
+  values = fileio.read_json(fileio.as_path(directory) / "config.json")
   if values.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
     raise ValueError(f"{directory}/config.json describes a {values['_class_name']}, not an AutoencoderKLWan")
   return WanVAEConfig.from_diffusers(values)

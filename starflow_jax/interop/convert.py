@@ -17,7 +17,7 @@ import sys
 
 import jax
 
-from starflow_jax import checkpoint
+from starflow_jax import checkpoint, fileio
 from starflow_jax.config import ModelConfig
 from starflow_jax.interop import official
 from starflow_jax.interop.state_dict_io import read_state_dict, write_safetensors
@@ -39,7 +39,7 @@ def jax_to_official(checkpoint_dir: str, out: str, overwrite: bool = False) -> t
   state_dict = official.export_official(config, params)
   json_path = out[: -len(".safetensors")] + ".json" if out.endswith(".safetensors") else out + ".json"
   write_safetensors(out, state_dict, overwrite=overwrite)
-  checkpoint.write_json(json_path, config.to_official_kwargs(), overwrite=overwrite)
+  fileio.write_json(json_path, config.to_official_kwargs(), overwrite=overwrite)
   return out, json_path
 
 

@@ -76,8 +76,9 @@ class _Unpickler(pickle.Unpickler):
     return np.frombuffer(raw, dtype=dtype)
 
 
-def load_torch_state_dict(path: str) -> dict:
-  """Returns the pickled object of a zip-format `torch.save` file with tensors as numpy arrays."""
+def load_torch_state_dict(path) -> dict:
+  """Returns the pickled object of a zip-format `torch.save` file (a local filename or a binary
+  file object) with tensors as numpy arrays."""
   if not zipfile.is_zipfile(path):
     raise ValueError(f"{path} is not a zip-format torch.save file (legacy pre-1.6 format or not a "
                      "checkpoint); re-save it with a recent PyTorch or convert it to .safetensors")

@@ -14,9 +14,7 @@ or truncated to `max_length` as `T5Tokenizer(..., padding="max_length", truncati
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -24,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starflow_jax import layers
+from starflow_jax import fileio, layers
 from starflow_jax.interop.state_dict_io import read_hf_directory
 
 PAD_ID, EOS_ID = 0, 1
@@ -144,8 +142,7 @@ def _hf_key(ours: str) -> str:
 
 def load_hf_t5(directory: str) -> tuple[T5Config, dict]:
   """(config, params) of the encoder of a Hugging Face T5 checkpoint directory."""
-  with open(os.path.join(directory, "config.json")) as f:
-    config = T5Config.from_hf(json.load(f))
+  config = T5Config.from_hf(fileio.read_json(fileio.as_path(directory) / "config.json"))
   sd = read_hf_directory(directory, "model.safetensors")
   shapes = jax.eval_shape(lambda: nn.unbox(T5Encoder(config).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))["params"]))
@@ -181,10 +178,10 @@ class T5Tokenizer:
     except ImportError as e:
       raise ValueError("the T5 tokenizer needs sentencepiece: pip install sentencepiece "
                        "(or pip install -e .[t5])") from e
-    path = os.path.join(directory, "spiece.model")
-    if not os.path.isfile(path):
+    path = fileio.as_path(directory) / "spiece.model"
+    if not path.is_file():
       raise FileNotFoundError(f"{path} not found: the T5 checkpoint directory needs its spiece.model")
-    self.processor = sentencepiece.SentencePieceProcessor(model_file=path)
+    self.processor = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
     self.max_length = max_length
 
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

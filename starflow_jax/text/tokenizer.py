@@ -61,6 +61,10 @@ class Tokenizer:
         ids.append(index.get(word, SPECIAL_TOKENS.index(UNK)))
     return ids
 
+  def length(self, text: str) -> int:
+    """Tokens `text` needs, <bos> included (`encode` truncates beyond max_length)."""
+    return 1 + len(self._ids(text))
+
   def encode(self, text: str) -> np.ndarray:
     """int32 [max_length]: <bos>, tokens, padding (truncated to max_length)."""
     ids = [SPECIAL_TOKENS.index(BOS)] + self._ids(text)
