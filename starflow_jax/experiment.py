@@ -63,6 +63,14 @@ def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | No
   if train.batch_size % jax.process_count():
     raise ValueError(f"config.train.batch_size={train.batch_size} must split evenly over "
                      f"{jax.process_count()} hosts")
+  accum = train.get("grad_accum_steps", 1)
+  if accum < 1:
+    raise ValueError(f"config.train.grad_accum_steps={accum} must be >= 1")
+  if train.batch_size % (accum * dp):
+    raise ValueError(f"config.train.batch_size={train.batch_size} must be a multiple of grad_accum_steps x "
+                     f"data-parallel size = {accum} x {dp}, so every microbatch splits over the devices")
+  if not 0 <= train.get("ema_decay", 0.0) < 1:
+    raise ValueError(f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0: no EMA)")
   if train.num_steps <= 0:
     raise ValueError(f"config.train.num_steps={train.num_steps} must be positive")
   if not 0 <= train.drop_label < 1 or not 0 <= train.drop_first_frame < 1:

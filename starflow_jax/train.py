@@ -1,13 +1,19 @@
-"""Training: the train state, the jitted train step, and `Trainer` (state creation and sharding).
+"""Training: the train state, the pure train step, and `Trainer` (state creation and sharding).
 
-One train step (ALGORITHM.md sections 6 and 7):
-  pixels -> [-1, 1] (+ uniform dequantisation) -> autoencoder latents -> x~ = x + sigma * eps;
-  captions replaced by the null caption with probability drop_label (classifier-free guidance);
-  flow loss (official get_loss) and its gradient with respect to the parameters AND x~ in one
-  backward pass; flow-score matching: target = sigma * d(NLL of each example)/d x~ (stopped),
-  MSE to the denoiser's output, trained with its own AdamW; global-norm clipping per group, the
-  official grad skip (after `grad_skip_after` steps, skip an update whose norm exceeds the clip),
-  and non-finite steps skipped without touching params or optimizer state (counted).
+One train step (ALGORITHM.md sections 6 and 7), `train_step(state, batch, ...)`, is four named
+pieces:
+  prepare_inputs     pixels -> [-1, 1] (+ uniform dequantisation) -> autoencoder latents ->
+                     x~ = x + sigma * eps; captions replaced by the null caption with probability
+                     drop_label (classifier-free guidance); first-frame drop for video
+  batch_gradients    per microbatch: the flow loss (official get_loss) and its gradient with
+                     respect to the parameters AND x~ in one backward pass; flow-score matching:
+                     target = sigma * d(NLL of each example)/d x~ (stopped), MSE to the
+                     denoiser's output; with train.grad_accum_steps = M the batch is M
+                     microbatches in a `lax.scan`, gradients averaged (one optimizer update)
+  guarded_update     global-norm clipping per group (flow / denoiser, each with its own AdamW),
+                     the official grad skip (after `grad_skip_after` steps, skip an update whose
+                     norm exceeds the clip), non-finite steps skipped without touching params or
+                     optimizer state (counted); the parameters' EMA when train.ema_decay > 0
 Video batches drop their first frame with probability drop_first_frame (a second compiled variant
 of the step), captions then carry the "(extend)" tag, as officially.
 """
@@ -24,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from starflow_jax import losses, sharding
+from starflow_jax import experiment, losses, sharding
 from starflow_jax.autoencoder import build_autoencoder
-from starflow_jax import experiment
+from starflow_jax.config import ModelConfig
 from starflow_jax.model import StarFlow, example_condition, example_latents
 from starflow_jax.text.encoder import TextEncoder
 from starflow_jax.text.tokenizer import SPECIAL_TOKENS, BOS
@@ -37,13 +44,15 @@ Array = jnp.ndarray
 
 @flax.struct.dataclass
 class TrainState:
-  """params: {'model': StarFlow params (flow blocks and 'denoiser'), 'text': text encoder params}."""
+  """params: {'model': StarFlow params (flow blocks and 'denoiser'), 'text': text encoder params};
+  ema_params: their exponential moving average (train.ema_decay > 0), else None."""
 
   step: Array
   params: Any
   opt_state: Any
   rng: Array
   skipped_steps: Array
+  ema_params: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +69,8 @@ class StepSettings:
   flow_score_matching: bool
   pre_encoded: bool
   extend_tag: int
+  grad_accum_steps: int = 1
+  ema_decay: float = 0.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepSettings":
@@ -69,7 +80,22 @@ class StepSettings:
                grad_skip=bool(t.grad_skip), grad_skip_after=int(t.grad_skip_after),
                flow_score_matching=bool(t.flow_score_matching),
                pre_encoded=config.data.source == "latents",
-               extend_tag=SPECIAL_TOKENS.index("(extend)"))
+               extend_tag=SPECIAL_TOKENS.index("(extend)"),
+               grad_accum_steps=int(t.get("grad_accum_steps", 1)), ema_decay=float(t.get("ema_decay", 0.0)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepModules:
+  """What a train step applies: the modules, the frozen autoencoder, the null text embedding of
+  pre-encoded data, the mesh (for the microbatch layout). Static; hashed by identity."""
+
+  model_config: ModelConfig
+  model: StarFlow
+  text_encoder: TextEncoder | None
+  autoencoder: Any
+  optimizer: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+  null_text_embedding: Array | None = None
 
 
 def step_keys(rng: Array, step: Array) -> tuple[Array, Array, Array]:
@@ -85,6 +111,12 @@ def pixels_to_unit(pixels: Array, rng: Array | None) -> Array:
   k = pixels.astype(jnp.float32)
   u = jax.random.uniform(rng, pixels.shape) if rng is not None else 0.5
   return (k + u) / 128.0 - 1.0
+
+
+def dequantised_pixels(settings: StepSettings, rng: Array, step: Array, video: Array) -> Array:
+  """The step's autoencoder input: pixels in [-1, 1] with its dequantisation noise."""
+  _, deq_rng, _ = step_keys(rng, step)
+  return pixels_to_unit(video, deq_rng if settings.dequantize else None)
 
 
 def _label_fn(params):
@@ -137,6 +169,183 @@ def _clip(tree, norm, max_norm):
   return jax.tree_util.tree_map(lambda g: g * scale, tree)
 
 
+# ------------------------------------------------------------------------------ the step
+def drop_conditions(modules: StepModules, settings: StepSettings, batch: dict[str, Array],
+                    rng: Array) -> dict[str, Array]:
+  """Classifier-free guidance dropout: each example's condition -> null with prob drop_label."""
+  p, cfg = settings.drop_label, modules.model_config
+  if p <= 0 or cfg.conditioning is None:
+    return batch
+  key = {"text": "tokens", "class": "label"}[cfg.conditioning]
+  if "text_embeddings" in batch:
+    key = "text_embeddings"
+  values = batch[key]
+  drop = jax.random.bernoulli(rng, p, (values.shape[0],))
+  if key == "tokens":
+    null = jnp.zeros_like(values).at[:, 0].set(SPECIAL_TOKENS.index(BOS))
+  elif key == "label":
+    null = jnp.full_like(values, cfg.num_classes)
+  elif modules.null_text_embedding is not None:
+    null = jnp.broadcast_to(modules.null_text_embedding, values.shape)
+  else:
+    null = jnp.zeros_like(values)
+  dropped = jnp.where(drop.reshape((-1,) + (1,) * (values.ndim - 1)), null, values)
+  return {**batch, key: dropped}
+
+
+def prepare_inputs(modules: StepModules, settings: StepSettings, state: TrainState,
+                   batch: dict[str, Array], drop_first_frame: bool,
+                   latents_given: bool) -> tuple[Array, dict[str, Array]]:
+  """(x~ [B, T, H, W, C] or [B, H, W, C], the condition inputs): the step's noisy latents and the
+  captions / labels / embeddings after condition dropout. Random numbers come from the step's
+  keys for the whole batch, so they do not depend on how the batch is split into microbatches."""
+  noise_rng, _, drop_rng = step_keys(state.rng, state.step)
+  video = batch["video"]
+  if settings.pre_encoded or latents_given:
+    x = video.astype(jnp.float32)
+  else:
+    x = modules.autoencoder.encode(dequantised_pixels(settings, state.rng, state.step, video))
+  if not modules.model_config.is_video:
+    x = x[:, 0]  # images: [B, H, W, C]
+  conditions = {k: v for k, v in batch.items() if k != "video"}
+  if drop_first_frame:
+    x = x[:, 1:]
+    if "tokens" in conditions:
+      tokens = conditions["tokens"]
+      tag = jnp.full_like(tokens[:, :1], settings.extend_tag)
+      conditions["tokens"] = jnp.concatenate([tokens[:, :1], tag, tokens[:, 1:-1]], axis=1)
+  conditions = drop_conditions(modules, settings, conditions, drop_rng)
+  x_noisy = x + settings.noise_std * jax.random.normal(noise_rng, x.shape)
+  return x_noisy, conditions
+
+
+def encode_condition(modules: StepModules, params, conditions: dict[str, Array]) -> Array | None:
+  """The flow's condition: text embeddings (given, or from the built-in encoder), labels, None."""
+  cfg = modules.model_config
+  if cfg.conditioning == "text":
+    if "text_embeddings" in conditions:
+      return conditions["text_embeddings"]
+    return modules.text_encoder.apply({"params": params["text"]}, conditions["tokens"])
+  if cfg.conditioning == "class":
+    return conditions["label"]
+  return None
+
+
+def batch_gradients(modules: StepModules, settings: StepSettings, params, x_noisy: Array,
+                    conditions: dict[str, Array]) -> tuple[Any, dict[str, Array]]:
+  """Gradients of one (micro)batch: the flow objective's for the flow (and text encoder), the
+  flow-score-matching objective's for the denoiser; and the batch-mean statistics."""
+
+  def flow_objective(params, x_noisy):
+    cond = encode_condition(modules, params, conditions)
+    out = modules.model.apply({"params": params["model"]}, x_noisy, cond)
+    loss_z, loss_logdet = losses.flow_loss_terms(out.z, out.logdets)
+    loss = jnp.mean(loss_z + loss_logdet)
+    objective = loss
+    if settings.latent_norm_reg > 0:
+      objective = objective + settings.latent_norm_reg * sum(jnp.mean(jnp.square(o)) for o in out.outputs[1:-1])
+    aux = {"loss": loss, "loss_z": jnp.mean(loss_z), "loss_logdet": jnp.mean(loss_logdet), "cond": cond}
+    return objective, aux
+
+  (_, aux), (grads, x_grad) = jax.value_and_grad(flow_objective, argnums=(0, 1), has_aux=True)(params, x_noisy)
+  stats = {k: aux[k] for k in ("loss", "loss_z", "loss_logdet")}
+  if settings.flow_score_matching:
+    target = flow_score_target(x_grad, settings.noise_std)
+    cond = jax.lax.stop_gradient(aux["cond"])
+
+    def denoiser_objective(denoiser_params):
+      model_params = {**params["model"], "denoiser": denoiser_params}
+      pred = modules.model.apply({"params": model_params}, x_noisy, cond, method=StarFlow.denoise)
+      return jnp.mean(jnp.square(pred - target))
+
+    stats["denoiser_loss"], grads["model"]["denoiser"] = jax.value_and_grad(denoiser_objective)(
+        params["model"]["denoiser"])
+    stats["score_square"] = jnp.mean(jnp.square(target))
+  elif "denoiser" in params["model"]:
+    grads["model"]["denoiser"] = jax.tree_util.tree_map(jnp.zeros_like, params["model"]["denoiser"])
+  return grads, stats
+
+
+def accumulated_gradients(modules: StepModules, settings: StepSettings, params, x_noisy: Array,
+                          conditions: dict[str, Array]) -> tuple[Any, dict[str, Array]]:
+  """`batch_gradients` of the whole batch, as the mean over `grad_accum_steps` equal microbatches
+  (a `lax.scan`): the big-batch gradient with the memory of one microbatch.
+
+  Microbatch m holds rows m, m + M, m + 2M, ... so that each one is spread over every device of
+  the data-parallel axes (the batch is sharded contiguously along its first axis)."""
+  steps = settings.grad_accum_steps
+  if steps == 1:
+    return batch_gradients(modules, settings, params, x_noisy, conditions)
+  split_spec = NamedSharding(modules.mesh, P(None, sharding.BATCH_AXES))
+
+  def split(x):  # [B, ...] -> [M, B / M, ...]
+    x = jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1)
+    return jax.lax.with_sharding_constraint(x, split_spec)
+
+  def body(total, micro):
+    grads, stats = batch_gradients(modules, settings, params, *micro)
+    return jax.tree_util.tree_map(jnp.add, total, (grads, stats)), None
+
+  micro = jax.tree_util.tree_map(split, (x_noisy, conditions))
+  first = jax.tree_util.tree_map(lambda x: x[0], micro)
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+      functools.partial(batch_gradients, modules, settings, params), *first))
+  total, _ = jax.lax.scan(body, zeros, micro)
+  return jax.tree_util.tree_map(lambda x: x / steps, total)
+
+
+def guarded_update(modules: StepModules, settings: StepSettings, state: TrainState, grads,
+                   stats: dict[str, Array]) -> tuple[TrainState, dict[str, Array]]:
+  """Clip each group, skip non-finite (and, officially, oversized) updates, apply AdamW, update
+  the EMA; returns the new state and the step's metrics."""
+  flow_grads, denoiser_grads = _split_denoiser(grads)
+  flow_norm = _global_norm(flow_grads)
+  metrics = {k: stats[k] for k in ("loss", "loss_z", "loss_logdet")}
+  metrics["nll"] = stats["loss"] + losses.HALF_LOG_2PI
+  if not settings.pre_encoded:
+    metrics["bpd"] = losses.bits_per_dim(metrics["nll"])
+  metrics["grad_norm"] = flow_norm
+  clipped = _clip(flow_grads, flow_norm, settings.grad_clip)
+  finite = jnp.isfinite(stats["loss"]) & jnp.isfinite(flow_norm)
+  too_large = flow_norm > settings.grad_clip
+  if settings.flow_score_matching:
+    den_norm = _global_norm(denoiser_grads)
+    metrics.update(denoiser_loss=stats["denoiser_loss"], denoiser_grad_norm=den_norm,
+                   score_norm=jnp.sqrt(stats["score_square"]))
+    denoiser_grads = _clip(denoiser_grads, den_norm, settings.grad_clip)
+    finite &= jnp.isfinite(stats["denoiser_loss"]) & jnp.isfinite(den_norm)
+    too_large |= den_norm > settings.grad_clip
+  if denoiser_grads is not None:
+    clipped["model"]["denoiser"] = denoiser_grads
+  skip = ~finite
+  if settings.grad_skip and settings.grad_clip > 0:
+    skip |= too_large & (state.step >= settings.grad_skip_after)
+  clipped = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), clipped)  # keep NaNs out of Adam
+  updates, new_opt_state = modules.optimizer.update(clipped, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(skip, b, a), new, old)
+  ema = state.ema_params
+  if settings.ema_decay > 0:
+    decay = settings.ema_decay
+    ema = keep(jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new_params), ema)
+  metrics["skipped"] = skip.astype(jnp.int32)
+  new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                            opt_state=keep(new_opt_state, state.opt_state), ema_params=ema,
+                            skipped_steps=state.skipped_steps + skip.astype(jnp.int32))
+  return new_state, metrics
+
+
+def train_step(state: TrainState, batch: dict[str, Array], *, modules: StepModules,
+               settings: StepSettings, drop_first_frame: bool = False,
+               latents_given: bool = False) -> tuple[TrainState, dict[str, Array]]:
+  """One optimizer step on a global batch. `latents_given`: batch["video"] already holds the
+  autoencoder's latents (encoded just before the step, `Trainer.encode_batch`)."""
+  x_noisy, conditions = prepare_inputs(modules, settings, state, batch, drop_first_frame, latents_given)
+  grads, stats = accumulated_gradients(modules, settings, state.params, x_noisy, conditions)
+  return guarded_update(modules, settings, state, grads, stats)
+
+
+# ------------------------------------------------------------------------------ the trainer
 class Trainer:
   """Static pieces of training (modules, optimizer, shardings) and the compiled step."""
 
@@ -150,11 +359,13 @@ class Trainer:
     self.text_encoder = TextEncoder(self.text_config) if self.text_config else None
     self.optimizer = make_optimizer(config.train)
     self.settings = StepSettings.from_config(config)
-    self.null_text_embedding = None  # the empty prompt's embedding, for pre-encoded text
+    null_text_embedding = None  # the empty prompt's embedding, for pre-encoded text
     if config.data.source == "latents" and config.data.latents_dir:
       from data_pipeline import latents
       null = latents.null_text_embedding(config.data.latents_dir)
-      self.null_text_embedding = None if null is None else jnp.asarray(null)
+      null_text_embedding = None if null is None else jnp.asarray(null)
+    self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder,
+                               self.optimizer, mesh, null_text_embedding)
     self.rules = sharding.rules_from_config(config.mesh.get("rules"))
     boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
     self.state_shardings = sharding.logical_shardings(boxed, mesh, self.rules)
@@ -166,7 +377,8 @@ class Trainer:
     # batch just before the train step: traced inside it, its weights (GBs for WAN 2.2) would
     # become constants of the step's program. Same arithmetic, same random numbers.
     self.encodes_before_step = bool(getattr(self.autoencoder, "jit_inside", False)) and not self.settings.pre_encoded
-    self._unit_pixels = jax.jit(self._dequantised_pixels, out_shardings=sharding.batch_sharding(mesh))
+    self._unit_pixels = jax.jit(functools.partial(dequantised_pixels, self.settings),
+                                out_shardings=sharding.batch_sharding(mesh))
 
   # ---------------------------------------------------------------- state
   def _boxed_params(self, rng):
@@ -184,7 +396,8 @@ class Trainer:
     params = self._boxed_params(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.optimizer.init(params), rng=state_rng,
-                      skipped_steps=jnp.zeros((), jnp.int32))
+                      skipped_steps=jnp.zeros((), jnp.int32),
+                      ema_params=params if self.settings.ema_decay > 0 else None)
 
   def init_state(self, seed: int) -> TrainState:
     """A fresh state, created directly with its shardings (no host copy of the parameters)."""
@@ -192,126 +405,19 @@ class Trainer:
     return init(jax.random.PRNGKey(seed))
 
   def state_with_params(self, state: TrainState, model_params) -> TrainState:
-    """Replaces the model parameters (e.g. imported official weights) and resets the optimizer."""
+    """Replaces the model parameters (e.g. imported official weights), resets the optimizer and
+    starts the EMA (if any) from them."""
     params = {**state.params, "model": model_params}
     params = jax.device_put(params, self.state_shardings.params)
     opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
-    return state.replace(params=params, opt_state=opt_state)
+    ema = jax.tree_util.tree_map(jnp.copy, params) if state.ema_params is not None else None
+    return state.replace(params=params, opt_state=opt_state, ema_params=ema)
 
-  # ---------------------------------------------------------------- conditioning
-  def encode_condition(self, params, batch: dict[str, Array]) -> Array | None:
-    cfg = self.model_config
-    if cfg.conditioning == "text":
-      if "text_embeddings" in batch:
-        return batch["text_embeddings"]
-      return self.text_encoder.apply({"params": params["text"]}, batch["tokens"])
-    if cfg.conditioning == "class":
-      return batch["label"]
-    return None
-
-  def _drop_conditions(self, batch: dict[str, Array], rng: Array) -> dict[str, Array]:
-    """Classifier-free guidance dropout: each example's condition -> null with prob drop_label."""
-    p = self.settings.drop_label
-    if p <= 0 or self.model_config.conditioning is None:
-      return batch
-    key = {"text": "tokens", "class": "label"}[self.model_config.conditioning]
-    if "text_embeddings" in batch:
-      key = "text_embeddings"
-    values = batch[key]
-    drop = jax.random.bernoulli(rng, p, (values.shape[0],))
-    if key == "tokens":
-      null = jnp.zeros_like(values).at[:, 0].set(SPECIAL_TOKENS.index(BOS))
-    elif key == "label":
-      null = jnp.full_like(values, self.model_config.num_classes)
-    elif self.null_text_embedding is not None:
-      null = jnp.broadcast_to(self.null_text_embedding, values.shape)
-    else:
-      null = jnp.zeros_like(values)
-    dropped = jnp.where(drop.reshape((-1,) + (1,) * (values.ndim - 1)), null, values)
-    return {**batch, key: dropped}
+  def final_params(self, state: TrainState):
+    """The parameters to export and sample: the EMA when train.ema_decay > 0."""
+    return state.ema_params if state.ema_params is not None else state.params
 
   # ---------------------------------------------------------------- the step
-  def _train_step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool,
-                  latents_given: bool = False):
-    """latents_given: batch["video"] already holds the autoencoder's latents (`encode_batch`)."""
-    s = self.settings
-    noise_rng, _, drop_rng = step_keys(state.rng, state.step)
-    video = batch["video"]
-    if s.pre_encoded or latents_given:
-      x = video.astype(jnp.float32)
-    else:
-      x = self.autoencoder.encode(self._dequantised_pixels(state.rng, state.step, video))
-    if not self.model_config.is_video:
-      x = x[:, 0]  # images: [B, H, W, C]
-    batch = dict(batch)
-    if drop_first_frame:
-      x = x[:, 1:]
-      if "tokens" in batch:
-        tokens = batch["tokens"]
-        tag = jnp.full_like(tokens[:, :1], s.extend_tag)
-        batch["tokens"] = jnp.concatenate([tokens[:, :1], tag, tokens[:, 1:-1]], axis=1)
-    batch = self._drop_conditions(batch, drop_rng)
-    x_noisy = x + s.noise_std * jax.random.normal(noise_rng, x.shape)
-
-    def flow_objective(params, x_noisy):
-      cond = self.encode_condition(params, batch)
-      out = self.model.apply({"params": params["model"]}, x_noisy, cond)
-      loss_z, loss_logdet = losses.flow_loss_terms(out.z, out.logdets)
-      loss = jnp.mean(loss_z + loss_logdet)
-      objective = loss
-      if s.latent_norm_reg > 0:
-        objective = objective + s.latent_norm_reg * sum(jnp.mean(jnp.square(o)) for o in out.outputs[1:-1])
-      aux = {"loss": loss, "loss_z": jnp.mean(loss_z), "loss_logdet": jnp.mean(loss_logdet), "cond": cond}
-      return objective, aux
-
-    (_, aux), (grads, x_grad) = jax.value_and_grad(flow_objective, argnums=(0, 1), has_aux=True)(
-        state.params, x_noisy)
-    flow_grads, _ = _split_denoiser(grads)
-    flow_norm = _global_norm(flow_grads)
-    metrics = {k: aux[k] for k in ("loss", "loss_z", "loss_logdet")}
-    metrics["nll"] = aux["loss"] + losses.HALF_LOG_2PI
-    if not s.pre_encoded:
-      metrics["bpd"] = losses.bits_per_dim(metrics["nll"])
-    metrics["grad_norm"] = flow_norm
-    grads = _clip(flow_grads, flow_norm, s.grad_clip)
-    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(flow_norm)
-    too_large = flow_norm > s.grad_clip
-    if s.flow_score_matching:
-      target = flow_score_target(x_grad, s.noise_std)
-      cond = jax.lax.stop_gradient(aux["cond"])
-
-      def denoiser_objective(denoiser_params):
-        params = {**state.params["model"], "denoiser": denoiser_params}
-        pred = self.model.apply({"params": params}, x_noisy, cond, method=StarFlow.denoise)
-        return jnp.mean(jnp.square(pred - target))
-
-      den_loss, den_grads = jax.value_and_grad(denoiser_objective)(state.params["model"]["denoiser"])
-      den_norm = _global_norm(den_grads)
-      metrics.update(denoiser_loss=den_loss, denoiser_grad_norm=den_norm,
-                     score_norm=jnp.sqrt(jnp.mean(jnp.square(target))))
-      grads["model"]["denoiser"] = _clip(den_grads, den_norm, s.grad_clip)
-      finite &= jnp.isfinite(den_loss) & jnp.isfinite(den_norm)
-      too_large |= den_norm > s.grad_clip
-    elif "denoiser" in state.params["model"]:
-      grads["model"]["denoiser"] = jax.tree_util.tree_map(jnp.zeros_like, state.params["model"]["denoiser"])
-    skip = ~finite
-    if s.grad_skip and s.grad_clip > 0:
-      skip |= too_large & (state.step >= s.grad_skip_after)
-    grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)  # keep NaNs out of Adam
-    updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(skip, b, a), new, old)
-    metrics["skipped"] = skip.astype(jnp.int32)
-    new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                              opt_state=keep(new_opt_state, state.opt_state),
-                              skipped_steps=state.skipped_steps + skip.astype(jnp.int32))
-    return new_state, metrics
-
-  def _dequantised_pixels(self, rng: Array, step: Array, video: Array) -> Array:
-    """The step's autoencoder input: pixels in [-1, 1] with its dequantisation noise."""
-    _, deq_rng, _ = step_keys(rng, step)
-    return pixels_to_unit(video, deq_rng if self.settings.dequantize else None)
-
   def encode_batch(self, state: TrainState, batch: dict[str, Array]) -> dict[str, Array]:
     """The batch with its video replaced by latents, encoded outside the train step with the
     step's own dequantisation noise (for `encodes_before_step` autoencoders)."""
@@ -322,8 +428,8 @@ class Trainer:
     """The jitted step (state donated), with the state's and the batch's shardings."""
     if drop_first_frame not in self._compiled_steps:
       self._compiled_steps[drop_first_frame] = jax.jit(
-          functools.partial(self._train_step, drop_first_frame=drop_first_frame,
-                            latents_given=self.encodes_before_step),
+          functools.partial(train_step, modules=self.modules, settings=self.settings,
+                            drop_first_frame=drop_first_frame, latents_given=self.encodes_before_step),
           in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
           out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
           donate_argnums=(0,))
@@ -333,6 +439,18 @@ class Trainer:
     if self.encodes_before_step:
       batch = self.encode_batch(state, batch)
     return self.compiled_step(drop_first_frame)(state, batch)
+
+  def gradients(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):
+    """(gradients, statistics) of the step's objectives at `state` on `batch`, unclipped (with
+    the state's shardings): what `train_step` applies; for tests and diagnostics."""
+    def grads_of(state, batch):
+      x_noisy, conditions = prepare_inputs(self.modules, self.settings, state, batch, drop_first_frame,
+                                           self.encodes_before_step)
+      return accumulated_gradients(self.modules, self.settings, state.params, x_noisy, conditions)
+    if self.encodes_before_step:
+      batch = self.encode_batch(state, batch)
+    return jax.jit(grads_of, in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+                   out_shardings=(self.state_shardings.params, sharding.replicated(self.mesh)))(state, batch)
 
 
 def drop_first_frame_now(config: ml_collections.ConfigDict, step: int) -> bool:

@@ -134,14 +134,12 @@ class TrainCheckpointer:
     self.manager.close()
 
 
-def export_model(workdir: fileio.PathLike, state, model_config: ModelConfig, text_config=None,
+def export_model(workdir: fileio.PathLike, params, model_config: ModelConfig, text_config=None,
                  autoencoder_config=None, sampling_defaults: dict | None = None,
                  name: str = "model") -> str:
-  """Writes the trained model as a model directory (what the sampler and converter read).
-
-  Collective in a multi-host run: the parameters stay sharded as trained and each process
-  writes its own shards."""
-  params = state.params
+  """Writes trained parameters {'model', 'text'} as a model directory (what the sampler and
+  converter read). Collective in a multi-host run: the parameters stay sharded as trained and
+  each process writes its own shards."""
   return model_checkpoint.save_model(
       fileio.as_path(workdir) / name, model_config, params["model"], overwrite=True,
       text_config=text_config, text_params=params.get("text"), autoencoder_config=autoencoder_config,

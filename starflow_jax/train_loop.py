@@ -67,7 +67,7 @@ class _Sampler:
 
   def __call__(self, step: int, state: TrainState, writer: metrics_lib.MetricWriter) -> str | None:
     """Samples (collectively); process 0 writes the grid and returns its path, the others None."""
-    params = state.params
+    params = self.trainer.final_params(state)  # the EMA when there is one: what is exported
     if self.sampler is None:
       bundle = model_checkpoint.ModelBundle(
           self.trainer.model_config, params["model"], self.trainer.text_config, params.get("text"),
@@ -181,7 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ckpt.save(num_steps, state, iterator, config, force=True)
   ckpt.close()
   writer.close()
-  model_dir = export_model(workdir, state, trainer.model_config, trainer.text_config,  # collective
+  model_dir = export_model(workdir, trainer.final_params(state), trainer.model_config,  # collective
+                           trainer.text_config,
                            experiment.autoencoder_config(config), sampling_defaults(config))
   if distributed.is_primary():
     curve = metrics_lib.plot_loss_curve(workdir)

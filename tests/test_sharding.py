@@ -1,4 +1,4 @@
-"""Sharded train steps on simulated 8-device meshes equal the single-device step; the 7B config
+"""Sharded gradients on simulated 8-device meshes equal the single-device ones; the 7B config
 shards its parameters and optimizer state so that no device holds more than its share."""
 
 import jax
@@ -8,41 +8,43 @@ from absl.testing import absltest, parameterized
 from experiments.configs import starflow_v_7b_t2v_480p
 from starflow_jax import sharding
 from starflow_jax.train import Trainer
-from tests.test_train import make_batch, tiny_config
+from tests.test_train import assert_gradients_close, make_batch, tiny_config
 
 
-def _run(config, mesh):
-  """One train step (flow loss + denoiser) from the same initial state; loss and new params."""
+def _config(**train):
+  config = tiny_config(**train)
+  config.model.update(channels=64, top_block_channels=64)
+  return config
+
+
+def _gradients(config, mesh):
+  """The step's gradients and statistics at the initial state, and the trainer."""
   trainer = Trainer(config, mesh)
-  state = trainer.init_state(0)
-  state, m = trainer.step(state, make_batch(config, mesh))
-  return [float(m["loss"]), float(m["denoiser_loss"])], jax.device_get(state.params)
+  grads, stats = trainer.gradients(trainer.init_state(0), make_batch(config, mesh))
+  return trainer, grads, stats
 
 
-class ShardedStepTest(parameterized.TestCase):
+class ShardedGradientTest(parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
-    cls.config = tiny_config()
-    cls.config.model.update(channels=64, top_block_channels=64)
-    cls.reference = _run(cls.config, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    _, grads, stats = _gradients(_config(), sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    cls.reference = jax.device_get(grads), jax.device_get(stats)
 
-  @parameterized.parameters((8, 1, 1), (2, 4, 1), (2, 2, 2))
-  def test_same_loss_and_params_as_one_device(self, *shape):
-    config = tiny_config()
-    config.model.update(channels=64, top_block_channels=64)
-    mesh = sharding.make_mesh(shape)
-    trainer = Trainer(config, mesh)
-    kernel = trainer.state_shardings.params["model"]["deep_block"]["layers_0"]["mlp"]["fc_in"]["kernel"]
-    if shape[1] > 1:  # parameters really are split over the fsdp axis
-      self.assertIn("fsdp", kernel.spec[0] if isinstance(kernel.spec[0], tuple) else (kernel.spec[0],))
-    losses, params = _run(config, mesh)
-    ref_losses, ref_params = self.reference
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                           params, ref_params)
+  @parameterized.parameters(((2, 2, 2), 2), ((1, 8, 1), 1))
+  def test_same_gradients_as_one_device(self, shape, accum_steps):
+    """Data, fsdp and tensor axes (with 2 microbatches), and pure FSDP."""
+    trainer, grads, stats = _gradients(_config(grad_accum_steps=accum_steps), sharding.make_mesh(shape))
+    kernel = grads["model"]["deep_block"]["layers_0"]["mlp"]["fc_in"]["kernel"]
+    axes = {a for entry in kernel.sharding.spec for a in (entry if isinstance(entry, tuple) else (entry,))}
+    self.assertIn("fsdp", axes)  # really split over fsdp
+    self.assertLen(kernel.sharding.device_set, 8)
+    ref_grads, ref_stats = self.reference
+    assert_gradients_close(self, jax.device_get(grads), ref_grads, rtol=1e-5)
+    for key in ("loss", "loss_z", "loss_logdet", "denoiser_loss", "score_square"):
+      np.testing.assert_allclose(stats[key], ref_stats[key], rtol=1e-5, err_msg=key)
 
 
 class SevenBShardingTest(parameterized.TestCase):

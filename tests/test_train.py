@@ -6,7 +6,7 @@ import numpy as np
 from absl.testing import absltest
 
 from experiments.configs import tiny_video
-from starflow_jax import experiment, sharding
+from starflow_jax import experiment, sharding, train
 from starflow_jax.train import Trainer
 
 
@@ -114,6 +114,84 @@ class StepTest(absltest.TestCase):
     state, m = trainer.step(state, make_batch(config, self.mesh), drop_first_frame=True)
     self.assertTrue(np.isfinite(float(m["loss"])))
     self.assertEqual(int(m["skipped"]), 0)
+
+
+def assert_gradients_close(test, got, want, rtol: float):
+  """Each leaf within rtol of its own largest entry (float32 rounding of reordered sums; a leaf
+  that is exactly zero, such as a zero-initialised output layer's, must stay zero)."""
+  wanted = jax.tree_util.tree_flatten_with_path(want)[0]
+  test.assertEqual(jax.tree_util.tree_structure(got), jax.tree_util.tree_structure(want))
+  test.assertGreater(sum(float(np.abs(np.asarray(b)).max()) for _, b in wanted), 0.0)
+  for (path, b), a in zip(wanted, jax.tree_util.tree_leaves(got)):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * float(np.abs(b).max()),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+class LargeBatchTest(absltest.TestCase):
+  """Gradient accumulation, the parameters' EMA and remat."""
+
+  def setUp(self):
+    super().setUp()
+    self.mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+
+  def _gradients(self, **changes):
+    model = changes.pop("model", {})
+    config = tiny_config(**changes)
+    config.model.update(**model)
+    trainer = Trainer(config, self.mesh)
+    state = trainer.init_state(0)
+    return trainer, state, trainer.gradients(state, make_batch(config, self.mesh))
+
+  def test_accumulated_microbatches_equal_the_big_batch(self):
+    _, _, (big, big_stats) = self._gradients()
+    trainer, state, (accumulated, stats) = self._gradients(grad_accum_steps=4)  # 4 microbatches of 2
+    assert_gradients_close(self, accumulated, big, rtol=2e-5)
+    for key in ("loss", "loss_z", "loss_logdet", "denoiser_loss", "score_square"):
+      np.testing.assert_allclose(stats[key], big_stats[key], rtol=1e-5, err_msg=key)
+    # ... and the step built on it updates once with them.
+    state, metrics = trainer.step(state, make_batch(trainer.config, self.mesh))
+    self.assertEqual(int(state.step), 1)
+    np.testing.assert_allclose(metrics["loss"], big_stats["loss"], rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, "multiple of grad_accum_steps"):
+      experiment.validate_experiment(tiny_config(grad_accum_steps=3), num_devices=1)
+
+  def test_remat_changes_memory_not_gradients(self):
+    _, _, (plain, _) = self._gradients()
+    trainer, state, (remat, _) = self._gradients(model={"remat": True})
+    assert_gradients_close(self, remat, plain, rtol=1e-6)
+    batch = make_batch(trainer.config, self.mesh)
+    program = jax.make_jaxpr(lambda state, batch: train.accumulated_gradients(
+        trainer.modules, trainer.settings, state.params,
+        *train.prepare_inputs(trainer.modules, trainer.settings, state, batch, False, False)))(state, batch)
+    self.assertIn("remat", str(program))  # the layers really are rematerialised
+
+  def test_ema_follows_the_parameters_is_checkpointed_and_exported(self):
+    import os
+    from starflow_jax import checkpoint, train_loop
+    from starflow_jax.train_checkpoint import TrainCheckpointer
+    config = tiny_video.get_config("micro")
+    config.mesh.update(shape=(1, 1, 1))
+    config.train.update(num_steps=3, warmup_steps=1, ema_decay=0.5, drop_first_frame=0.0)
+    config.checkpoint.update(every_steps=3)
+    trainer = Trainer(config, self.mesh)
+    state = trainer.init_state(0)
+    expected = jax.device_get(state.params)
+    for step in range(3):
+      state, _ = trainer.step(state, make_batch(config, self.mesh, seed=step))
+      expected = jax.tree_util.tree_map(lambda e, p: 0.5 * e + 0.5 * p, expected, jax.device_get(state.params))
+    assert_gradients_close(self, jax.device_get(state.ema_params), expected, rtol=1e-6)
+    workdir = self.create_tempdir().full_path
+    final = train_loop.train_and_evaluate(config, workdir)
+    ema = jax.device_get(final.ema_params)
+    self.assertFalse(all(np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(jax.device_get(final.params)))))
+    bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))  # the EMA is the model
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(bundle.params), ema["model"])
+    ckpt = TrainCheckpointer(workdir, 3, 2)
+    restored = ckpt.restore(3, trainer.abstract_state, iter(train_loop.build_train_data(config, self.mesh)))
+    ckpt.close()
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(restored.ema_params), ema)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=1e-4, grad_clip=1.0, grad_skip=True, grad_skip_after=100,
       noise_std=0.1, dequantize=True, drop_label=0.1, drop_first_frame=0.0,
       latent_norm_reg=0.0, flow_score_matching=False, denoiser_lr=1e-4,
-      denoiser_weight_decay=1e-4, init_from=""))
+      denoiser_weight_decay=1e-4, init_from="",
+      # Microbatches per optimizer step (the batch is split inside the compiled step; the update
+      # equals the big-batch one); EMA of the parameters (exported as the model when > 0).
+      grad_accum_steps=1, ema_decay=0.0))
 
   # Mesh axes (data, fsdp, tensor); -1 takes the remaining devices. Rules: logical -> mesh axis.
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), multihost=False))
