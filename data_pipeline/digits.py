@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from starflow_jax.errors import UserError
+
 VOCABULARY = ["a", "handwritten", "digit"] + [str(i) for i in range(10)]
 TRAIN_SIZE = 1500
 
@@ -16,8 +18,8 @@ def _load():
   try:
     from sklearn.datasets import load_digits
   except ImportError as e:
-    raise ValueError("data.source='digits' needs scikit-learn: pip install -e .[digits] "
-                     "(or pip install scikit-learn)") from e
+    raise UserError("data.source='digits' needs scikit-learn: pip install -e .[digits] "
+                    "(or pip install scikit-learn)") from e
   digits = load_digits()
   images = np.clip(digits.images * 16.0, 0, 255).astype(np.uint8)  # [N, 8, 8]
   return images, digits.target.astype(np.int32)
@@ -33,10 +35,10 @@ class DigitsSource:
     elif split in ("eval", "test"):
       images, labels = images[TRAIN_SIZE:], labels[TRAIN_SIZE:]
     else:
-      raise ValueError(f"digits split {split!r} must be 'train' or 'eval'")
+      raise UserError(f"digits split {split!r} must be 'train' or 'eval'")
     if size != 8:
       if size % 8:
-        raise ValueError(f"digits_size={size} must be a multiple of 8 (nearest-neighbour upscaling)")
+        raise UserError(f"digits_size={size} must be a multiple of 8 (nearest-neighbour upscaling)")
       f = size // 8
       images = np.repeat(np.repeat(images, f, axis=1), f, axis=2)
     self.images, self.labels, self.split = images, labels, split

@@ -58,8 +58,8 @@ class LatentSource:
     split = split if split in self.metadata["splits"] else ("train" if split == "eval" else split)
     paths = shard_paths(directory, split)
     if not paths:
-      raise ValueError(f"{directory}: no shards for split {split!r} (have "
-                       f"{sorted(self.metadata['splits'])}); re-run data_pipeline.preencode")
+      raise UserError(f"{directory}: no shards for split {split!r} (have "
+                      f"{sorted(self.metadata['splits'])}); re-run data_pipeline.preencode")
     self.source = grain.sources.ArrayRecordDataSource(paths)
     self.directory, self.split = directory, split
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from starflow_jax.errors import UserError
 from starflow_jax.text.tokenizer import Tokenizer
 
 
@@ -45,11 +46,11 @@ class PipelineOptions:
 
   def validate(self) -> "PipelineOptions":
     if self.batch_size <= 0:
-      raise ValueError(f"batch_size={self.batch_size} must be positive")
+      raise UserError(f"batch_size={self.batch_size} must be positive")
     if not 0 <= self.shard_index < self.shard_count:
-      raise ValueError(f"shard_index={self.shard_index} must be in [0, shard_count={self.shard_count})")
+      raise UserError(f"shard_index={self.shard_index} must be in [0, shard_count={self.shard_count})")
     if self.worker_count < 0:
-      raise ValueError(f"worker_count={self.worker_count} must be >= 0")
+      raise UserError(f"worker_count={self.worker_count} must be >= 0")
     return self
 
 
@@ -105,9 +106,9 @@ class ToTrainingExample(grain.transforms.Map):
     elif "image" in element:
       video = np.asarray(element["image"])[None]
     else:
-      raise ValueError(f"element has neither 'video' nor 'image' (keys: {sorted(element)})")
+      raise UserError(f"element has neither 'video' nor 'image' (keys: {sorted(element)})")
     if video.ndim != 4:
-      raise ValueError(f"expected a video [T, H, W, C], got shape {video.shape}")
+      raise UserError(f"expected a video [T, H, W, C], got shape {video.shape}")
     out = {"video": video}
     if self.tokenizer is not None:
       out["tokens"] = self.tokenizer.encode(_text(element.get("caption", "")))
@@ -137,7 +138,7 @@ def build_dataset(source, options: PipelineOptions, transforms: Sequence = ()) -
   """
   options.validate()
   if len(source) == 0:
-    raise ValueError(f"the data source {source!r} is empty; check the dataset path / split")
+    raise UserError(f"the data source {source!r} is empty; check the dataset path / split")
   ds = grain.MapDataset.source(source)
   if options.shuffle:
     ds = ds.seed(options.seed).shuffle()  # a new permutation of the whole source every epoch

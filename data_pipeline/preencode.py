@@ -34,6 +34,7 @@ from data_pipeline import latents, pipeline, sources
 from experiments import cli
 from starflow_jax import distributed, experiment, fileio
 from starflow_jax.autoencoder import build_autoencoder
+from starflow_jax.errors import UserError
 from starflow_jax.train import pixels_to_unit
 
 FLAGS = flags.FLAGS
@@ -83,7 +84,7 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
   source = sources.build_source(config.data, split)
   total = min(len(source), num_examples or len(source))
   if total <= 0:
-    raise ValueError(f"nothing to encode: the {split!r} split is empty")
+    raise UserError(f"nothing to encode: the {split!r} split is empty")
   text_config = experiment.text_config(config)
   tokenizer = text_config.tokenizer if text_config else None
   process, processes = jax.process_index(), jax.process_count()
@@ -104,7 +105,7 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
     from starflow_jax.text.encoder import TextEncoder
     bundle = checkpoint.load_bundle(text_model)
     if bundle.text_config is None:
-      raise ValueError(f"{text_model} has no built-in text encoder")
+      raise UserError(f"{text_model} has no built-in text encoder")
     tokenizer = bundle.text_config.tokenizer
     encoder = TextEncoder(bundle.text_config)
     embed = jax.jit(lambda ids: encoder.apply({"params": bundle.text_params}, ids))
@@ -177,7 +178,7 @@ def main(argv):
   del argv
   cli.setup_logging()
   cli.start_distributed(FLAGS.multihost)  # before any backend exists
-  metadata = preencode(FLAGS.config, FLAGS.out_dir, FLAGS.split, FLAGS.num_examples,
+  metadata = preencode(cli.config_flag("config"), FLAGS.out_dir, FLAGS.split, FLAGS.num_examples,
                        FLAGS.shard_size, FLAGS.batch_size, FLAGS.text_model, FLAGS.t5)
   if distributed.is_primary():
     print(f"wrote {metadata['splits'][FLAGS.split]} clips of latents {metadata['latent_shape']} "
@@ -187,4 +188,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config", "out_dir"])
-  cli.run(main, user_errors=(FileNotFoundError, FileExistsError))
+  cli.run(main)

@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from starflow_jax.errors import UserError
+
 COLORS = {
     "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
     "yellow": (240, 220, 40), "magenta": (220, 50, 220), "cyan": (40, 220, 230),
@@ -43,7 +45,7 @@ class ShapesConfig:
 
   def validate(self) -> "ShapesConfig":
     def fail(msg):
-      raise ValueError(f"invalid shapes dataset config: {msg}")
+      raise UserError(f"invalid shapes dataset config: {msg}")
     if self.num_frames < 1 or self.height < 4 or self.width < 4:
       fail(f"need num_frames >= 1 and frames of at least 4x4 pixels, got {self.num_frames} frames "
            f"of {self.height}x{self.width}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from data_pipeline.shapes import MovingShapesSource, ShapesConfig
+from starflow_jax.errors import UserError
 
 
 def shapes_config(data: ml_collections.ConfigDict, split: str = "train") -> ShapesConfig:
@@ -36,7 +37,7 @@ def build_source(data: ml_collections.ConfigDict, split: str = "train"):
   if data.source == "latents":
     from data_pipeline import latents
     return latents.LatentSource(data.latents_dir, split)
-  raise ValueError(f"unknown data.source {data.source!r}; choose 'shapes', 'digits', 'tfds' or 'latents'")
+  raise UserError(f"unknown data.source {data.source!r}; choose 'shapes', 'digits', 'tfds' or 'latents'")
 
 
 def caption_vocabulary(data: ml_collections.ConfigDict) -> list[str]:
@@ -52,7 +53,7 @@ def caption_vocabulary(data: ml_collections.ConfigDict) -> list[str]:
   if data.source == "latents":
     from data_pipeline import latents
     return latents.read_metadata(data.latents_dir).get("vocabulary", [])
-  raise ValueError(f"unknown data.source {data.source!r}")
+  raise UserError(f"unknown data.source {data.source!r}")
 
 
 def provides_embeddings(data: ml_collections.ConfigDict) -> bool:
@@ -77,7 +78,7 @@ def example_shape(data: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   if data.source == "latents":
     from data_pipeline import latents
     return tuple(latents.read_metadata(data.latents_dir)["video_shape"])
-  raise ValueError(f"unknown data.source {data.source!r}")
+  raise UserError(f"unknown data.source {data.source!r}")
 
 
 def element_transforms(data: ml_collections.ConfigDict, tokenizer=None, training: bool = True,

@@ -19,6 +19,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from starflow_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -46,7 +48,7 @@ SPECS = {
 def spec_for(name: str) -> DatasetSpec:
   base = name.split("/")[0].split(":")[0]
   if base not in SPECS:
-    raise ValueError(f"tfds dataset {name!r} is not supported; choose one of {sorted(SPECS)}")
+    raise UserError(f"tfds dataset {name!r} is not supported; choose one of {sorted(SPECS)}")
   return SPECS[base]
 
 
@@ -90,7 +92,7 @@ class TfdsSource:
       raise _missing_data_error(name, split, data_dir, e) from e
     features = self.source.dataset_info.features
     if self.spec.pixels not in features:
-      raise ValueError(f"{name}: expected a feature {self.spec.pixels!r}, found {sorted(features)}")
+      raise UserError(f"{name}: expected a feature {self.spec.pixels!r}, found {sorted(features)}")
     self.label_names = None
     if self.spec.label and self.spec.label in features and hasattr(features[self.spec.label], "names"):
       self.label_names = list(features[self.spec.label].names)
@@ -114,7 +116,7 @@ class TfdsSource:
     if not self.spec.is_video:
       pixels = pixels[None]
     if pixels.ndim != 4:
-      raise ValueError(f"{self.name}[{index}]: expected frames [T, H, W, C], got shape {pixels.shape}")
+      raise UserError(f"{self.name}[{index}]: expected frames [T, H, W, C], got shape {pixels.shape}")
     out = {"video": pixels.astype(np.uint8)}
     label = None
     if self.spec.label and self.spec.label in example:
@@ -129,15 +131,15 @@ class RandomClip(grain.transforms.RandomMap):
 
   def __init__(self, num_frames: int, stride: int = 1, random_start: bool = True):
     if num_frames < 1 or stride < 1:
-      raise ValueError(f"clip of {num_frames} frames with stride {stride}: both must be >= 1")
+      raise UserError(f"clip of {num_frames} frames with stride {stride}: both must be >= 1")
     self.num_frames, self.stride, self.random_start = num_frames, stride, random_start
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     video = element["video"]
     span = (self.num_frames - 1) * self.stride + 1
     if video.shape[0] < span:
-      raise ValueError(f"a clip of {self.num_frames} frames with stride {self.stride} needs {span} "
-                       f"frames but the video has {video.shape[0]}; use fewer frames or a smaller stride")
+      raise UserError(f"a clip of {self.num_frames} frames with stride {self.stride} needs {span} "
+                      f"frames but the video has {video.shape[0]}; use fewer frames or a smaller stride")
     start = int(rng.integers(0, video.shape[0] - span + 1)) if self.random_start else 0
     return {**element, "video": video[start: start + span: self.stride]}
 
@@ -174,7 +176,7 @@ class RandomFlip(grain.transforms.RandomMap):
 def build_tfds_source(data: ml_collections.ConfigDict, split: str = "train") -> TfdsSource:
   cfg = data.tfds
   if not cfg.name:
-    raise ValueError("data.source='tfds' needs data.tfds.name (e.g. 'ucf101', 'moving_mnist')")
+    raise UserError("data.source='tfds' needs data.tfds.name (e.g. 'ucf101', 'moving_mnist')")
   tfds_split = cfg.split or spec_for(cfg.name).default_split
   if split != "train":
     tfds_split = cfg.get("eval_split", "") or tfds_split

@@ -40,16 +40,57 @@ def define_launch_flags() -> None:
                        f"(default ${distributed.ENV_PROCESS_ID} or auto-detected)")
 
 
+def config_flag(name: str = "config"):
+  """The ConfigDict of a config_flags flag; a config file that does not load is a UserError
+  (ml_collections defers that failure to the first access)."""
+  try:
+    config = getattr(FLAGS, name)
+    config.keys()  # a config that failed to load is a placeholder that raises here
+    return config
+  except OSError as e:
+    raise UserError(" ".join(str(e).split()).replace("Configuration is not available because of an "
+                                                     "earlier failure to load: ", "")) from None
+
+
 def start_distributed(requested: bool = False) -> bool:
   """Starts jax.distributed for a multi-host launch; call before anything touches JAX."""
   launch = distributed.launch_from(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   return distributed.initialize(requested, launch)
 
 
-def run(main: Callable, user_errors: tuple[type[BaseException], ...] = ()) -> None:
-  """absl's app.run(main), with a UserError (and `user_errors`) printed as one line, exit 2."""
+def fail(message: str) -> None:
+  """The one line a user's mistake gets, then exit status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USER_ERROR_STATUS)
+
+
+def run(main: Callable, user_errors: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError)) -> None:
+  """absl's app.run(main); a bad flag, a config that does not load, a UserError (and
+  `user_errors`: missing or existing paths, whose messages name them) print one line, exit 2.
+
+  Flags are parsed once, by absl, with a parser whose errors are one line too (absl's own
+  prints usage hints after them); every other exception keeps its traceback."""
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except (UserError, *user_errors) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(USER_ERROR_STATUS)
+    fail(str(e))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(one_line(str(e)) or type(e).__name__)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # config_flags' override parser
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    fail(f"a config override cannot be applied ({type(e).__name__}: {one_line(str(e))}); check that "
+         f"{', '.join(overrides) or 'each --config.* flag'} name fields the config has, with values of their type")
+
+
+def one_line(message: str) -> str:
+  """A library message as one line; one that embeds a traceback (config_flags does, for an
+  error inside a config file's get_config) keeps its first line and the exception's."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    return f"{lines[0]} {lines[-1]}"
+  return " ".join(lines)

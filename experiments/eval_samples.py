@@ -21,6 +21,7 @@ from data_pipeline import shapes_score, sources
 from data_pipeline.shapes import DIRECTIONS
 from experiments.cli import setup_logging
 from starflow_jax import checkpoint, media
+from starflow_jax.errors import UserError
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 from starflow_jax.train import pixels_to_unit
 
@@ -61,8 +62,8 @@ def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.data.source not in ("shapes", "latents"):
-    raise ValueError(f"{workdir} was trained on data.source={config.data.source!r}; this scorer "
-                     "needs the procedural moving shapes (or latents pre-encoded from them)")
+    raise UserError(f"{workdir} was trained on data.source={config.data.source!r}; this scorer "
+                    "needs the procedural moving shapes (or latents pre-encoded from them)")
   bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
   defaults = bundle.sampling_defaults
   frames = defaults["num_frames"]

@@ -35,11 +35,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.setup_logging()
-  cli.start_distributed(FLAGS.config.mesh.get("multihost", False))  # before any backend exists
+  config = cli.config_flag("config")
+  cli.start_distributed(config.mesh.get("multihost", False))  # before any backend exists
   jax.config.update("jax_threefry_partitionable", True)
   logging.getLogger("starflow_jax").info("process %d of %d; JAX devices: %s", jax.process_index(),
                                          jax.process_count(), jax.devices())
-  train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train_loop.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

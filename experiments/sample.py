@@ -22,7 +22,7 @@ import time
 
 from absl import app, flags
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from experiments import cli
 from starflow_jax import checkpoint, distributed, fileio, media
@@ -60,6 +60,7 @@ def define_flags():
                     "[-1, 1] (OUT.npz, key 'videos'), for metrics without GIF/MP4 quantisation")
   flags.DEFINE_bool("multihost", False, "run on every host of a multi-host job (jax.distributed)")
   cli.define_launch_flags()
+  flags.mark_flag_as_required("workdir")
 
 
 log = logging.getLogger("starflow_jax.sample")
@@ -67,6 +68,8 @@ log = logging.getLogger("starflow_jax.sample")
 
 def model_directory(path: str):
   path = fileio.as_path(path)
+  if not path.exists():
+    raise UserError(f"--workdir {path} does not exist")
   if checkpoint.is_model_directory(path):
     return path
   if checkpoint.is_model_directory(path / "model"):
@@ -98,7 +101,7 @@ def _read_frames(path) -> np.ndarray:
         import imageio.v3 as iio
         source = f.read() if fileio.is_url(path) else str(path)  # ffmpeg reads local files itself
         frames = np.asarray(iio.imread(source, index=None, extension=suffix))
-  except (UnidentifiedImageError, OSError, ValueError) as e:
+  except Exception as e:  # noqa: BLE001 - the decoders raise many types; any means "not readable"
     raise UserError(f"--input {path} cannot be read as {suffix[1:]} ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else 'damaged file'}); give a valid file") from None
   return frames[None] if frames.ndim == 3 and suffix not in IMAGE_SUFFIXES else frames
@@ -215,5 +218,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  flags.mark_flag_as_required("workdir")
-  cli.run(main, user_errors=(FileNotFoundError, FileExistsError))
+  cli.run(main)

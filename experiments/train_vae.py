@@ -23,6 +23,7 @@ from data_pipeline import pipeline, sources
 from experiments.cli import setup_logging
 from starflow_jax import image_metrics
 from starflow_jax.autoencoder import causal_vae, vae_checkpoint
+from starflow_jax.errors import UserError
 from starflow_jax.train import pixels_to_unit
 
 FLAGS = flags.FLAGS
@@ -52,8 +53,8 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise FileExistsError(f"{out_dir} already holds an autoencoder; choose a new --workdir or remove it "
                           "by hand (a trained VAE is never replaced)")
   if not 0 <= config.train.warmup_steps < config.train.num_steps:
-    raise ValueError(f"train.warmup_steps ({config.train.warmup_steps}) must be below train.num_steps "
-                     f"({config.train.num_steps}); lower --config.train.warmup_steps")
+    raise UserError(f"train.warmup_steps ({config.train.warmup_steps}) must be below train.num_steps "
+                    f"({config.train.num_steps}); lower --config.train.warmup_steps")
   vae_config = causal_vae.CausalVAEConfig(in_channels=3, **config.vae.to_dict())
   frames = config.data.shapes.num_frames
   causal_vae.check_frames(frames, vae_config.temporal_factor)

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from starflow_jax import fileio
 from starflow_jax.autoencoder import AutoencoderConfig
 from starflow_jax.config import ModelConfig
+from starflow_jax.errors import UserError
 from starflow_jax.model import init_params
 from starflow_jax.text.encoder import TextEncoder, TextEncoderConfig
 
@@ -90,8 +91,8 @@ def _read_json_items(path: epath.Path) -> dict:
   try:
     return _checkpointer().restore(path, ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in names}))
   except Exception as e:  # orbax raises a variety of errors for damaged directories
-    raise ValueError(f"{path}: cannot read the model configs ({type(e).__name__}: {e}); the "
-                     "directory is not a starflow_jax model directory or it is damaged") from e
+    raise UserError(f"{path}: cannot read the model configs ({type(e).__name__}: {e}); the "
+                    "directory is not a starflow_jax model directory or it is damaged") from e
 
 
 def load_bundle(path: fileio.PathLike) -> ModelBundle:
@@ -103,8 +104,8 @@ def load_bundle(path: fileio.PathLike) -> ModelBundle:
     hint = ""
     if (path / "model").is_dir():
       hint = f" (it looks like a training workdir: use {path / 'model'})"
-    raise ValueError(f"{path} is not a model directory (it needs '{PARAMS_ITEM}/' and "
-                     f"'{CONFIG_ITEM}/' written by starflow_jax.checkpoint.save_model){hint}")
+    raise UserError(f"{path} is not a model directory (it needs '{PARAMS_ITEM}/' and "
+                    f"'{CONFIG_ITEM}/' written by starflow_jax.checkpoint.save_model){hint}")
   items = _read_json_items(path)
   config = ModelConfig.from_dict(items[CONFIG_ITEM])
   text_config = TextEncoderConfig.from_dict(items[TEXT_ITEM]) if TEXT_ITEM in items else None
@@ -138,7 +139,7 @@ def restore_params(path: fileio.PathLike, config: ModelConfig, text_config: Text
     restored = _checkpointer().restore(fileio.as_path(path),
                                        ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
   except Exception as e:
-    raise ValueError(f"{path}: the stored parameters do not match the model config "
-                     f"({type(e).__name__}: {e}). The directory is damaged or was written for a "
-                     "different architecture.") from e
+    raise UserError(f"{path}: the stored parameters do not match the model config "
+                    f"({type(e).__name__}: {e}). The directory is damaged or was written for a "
+                    "different architecture.") from e
   return restored[PARAMS_ITEM]

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from starflow_jax.errors import UserError
+
 # Official keyword arguments we implement; any other key in an official config is rejected
 # unless it is in _IGNORED_OFFICIAL_KWARGS (training-only switches that do not change the math).
 _IGNORED_OFFICIAL_KWARGS = frozenset({"use_checkpoint", "use_checkpoint_mlp"})
@@ -151,7 +153,7 @@ class ModelConfig:
   def validate(self) -> "ModelConfig":
     """Raises ValueError naming the field and the fix; returns self."""
     def fail(msg):
-      raise ValueError(f"invalid model config: {msg}")
+      raise UserError(f"invalid model config: {msg}")
 
     for name in ("in_channels", "img_size", "patch_size", "channels", "num_blocks", "head_dim"):
       if getattr(self, name) <= 0:
@@ -223,25 +225,31 @@ class ModelConfig:
         continue
       elif key in _FIXED_OFFICIAL_KWARGS:
         if value not in (_FIXED_OFFICIAL_KWARGS[key], 0, None, False):
-          raise ValueError(f"official option {key}={value!r} is not implemented by starflow_jax "
-                           f"(only {key}={_FIXED_OFFICIAL_KWARGS[key]!r} is); cannot import it exactly")
+          raise UserError(f"official option {key}={value!r} is not implemented by starflow_jax "
+                          f"(only {key}={_FIXED_OFFICIAL_KWARGS[key]!r} is); cannot import it exactly")
       else:
-        raise ValueError(f"unknown official Model keyword argument {key!r}; expected one of "
-                         f"{sorted(fields | set(_FIXED_OFFICIAL_KWARGS) | _IGNORED_OFFICIAL_KWARGS)}")
+        raise UserError(f"unknown official Model keyword argument {key!r}; expected one of "
+                        f"{sorted(fields | set(_FIXED_OFFICIAL_KWARGS) | _IGNORED_OFFICIAL_KWARGS)}")
     if "rope" in values:
       values["rope"] = bool(values["rope"])
     values.update(overrides)
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+      raise UserError(f"the official Model keyword arguments lack {missing}; give every argument of "
+                      "the official Model(...) (e.g. the model_kwargs of a golden config.json)")
     return cls(**values).validate()
 
   def to_official_kwargs(self) -> dict[str, Any]:
     """The official `Model(...)` keyword arguments for this architecture."""
     if self.num_classes > 0:
-      raise ValueError("class-label conditioning (num_classes > 0) has no official equivalent; "
-                       "export a text-conditioned or unconditional model")
+      raise UserError("class-label conditioning (num_classes > 0) has no official equivalent; "
+                      "export a text-conditioned or unconditional model")
     if self.denoiser_layers != 8 and self.learnable_self_denoiser:
-      raise ValueError(f"denoiser_layers={self.denoiser_layers}: the official denoiser has 8 layers")
+      raise UserError(f"denoiser_layers={self.denoiser_layers}: the official denoiser has 8 layers")
     if self.expansion != 4.0:
-      raise ValueError(f"expansion={self.expansion}: the official Model always uses MLP expansion 4")
+      raise UserError(f"expansion={self.expansion}: the official Model always uses MLP expansion 4")
     out = {}
     for f in dataclasses.fields(self):
       if f.name in self._OURS:
@@ -262,5 +270,5 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
-      raise ValueError(f"unknown model config fields {sorted(unknown)}; known: {sorted(known)}")
+      raise UserError(f"unknown model config fields {sorted(unknown)}; known: {sorted(known)}")
     return cls(**dict(values)).validate()

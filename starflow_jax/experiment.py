@@ -15,6 +15,7 @@ from data_pipeline import sources
 from starflow_jax import sharding
 from starflow_jax.autoencoder import AutoencoderConfig, build_autoencoder
 from starflow_jax.config import ModelConfig
+from starflow_jax.errors import UserError
 from starflow_jax.text.encoder import TextEncoderConfig
 from starflow_jax.text.tokenizer import Tokenizer
 
@@ -26,9 +27,9 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   try:
     return ModelConfig(**values).validate()
   except TypeError as e:
-    raise ValueError(f"config.model: {e}; see starflow_jax/config.py for the fields") from e
+    raise UserError(f"config.model: {e}; see starflow_jax/config.py for the fields") from e
   except ValueError as e:
-    raise ValueError(f"config.model: {e}") from e
+    raise UserError(f"config.model: {e}") from e
 
 
 def text_config(config: ml_collections.ConfigDict) -> TextEncoderConfig | None:
@@ -37,7 +38,7 @@ def text_config(config: ml_collections.ConfigDict) -> TextEncoderConfig | None:
   if text.kind == "none":
     return None
   if text.kind not in ("words", "bytes"):
-    raise ValueError(f"config.text.kind={text.kind!r} must be 'words', 'bytes' or 'none'")
+    raise UserError(f"config.text.kind={text.kind!r} must be 'words', 'bytes' or 'none'")
   vocabulary = tuple(text.get("vocabulary", ())) or tuple(sources.caption_vocabulary(config.data))
   tokenizer = Tokenizer(text.kind, vocabulary, config.model.txt_size)
   return TextEncoderConfig(tokenizer=tokenizer, width=text.width, num_layers=text.num_layers,
@@ -58,60 +59,76 @@ def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | No
   mesh_shape = sharding.mesh_shape_for(tuple(config.mesh.shape), num_devices)
   dp = mesh_shape[0] * mesh_shape[1]
   if train.batch_size % dp:
-    raise ValueError(f"config.train.batch_size={train.batch_size} is not divisible by the data-parallel "
-                     f"size {dp} (mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
+    raise UserError(f"config.train.batch_size={train.batch_size} is not divisible by the data-parallel "
+                    f"size {dp} (mesh data x fsdp = {mesh_shape[0]} x {mesh_shape[1]}); use a multiple of {dp}")
   if train.batch_size % jax.process_count():
-    raise ValueError(f"config.train.batch_size={train.batch_size} must split evenly over "
-                     f"{jax.process_count()} hosts")
+    raise UserError(f"config.train.batch_size={train.batch_size} must split evenly over "
+                    f"{jax.process_count()} hosts")
+  if train.batch_size <= 0:
+    raise UserError(f"config.train.batch_size={train.batch_size} must be positive")
+  for name in ("lr", "min_lr", "denoiser_lr", "weight_decay", "denoiser_weight_decay", "grad_clip"):
+    if train[name] < 0:
+      raise UserError(f"config.train.{name}={train[name]} must be >= 0")
+  if train.min_lr > train.lr:
+    raise UserError(f"config.train.min_lr={train.min_lr} must not exceed lr={train.lr}")
+  if not (0 <= train.b1 < 1 and 0 <= train.b2 < 1):
+    raise UserError(f"config.train.b1={train.b1} and b2={train.b2} must be in [0, 1)")
+  if train.warmup_steps < 0:
+    raise UserError(f"config.train.warmup_steps={train.warmup_steps} must be >= 0")
+  for section, name in (("checkpoint", "every_steps"), ("checkpoint", "keep"), ("log", "every_steps")):
+    if config[section][name] < 1:
+      raise UserError(f"config.{section}.{name}={config[section][name]} must be >= 1")
+  if config.log.sample_every_steps < 0:
+    raise UserError(f"config.log.sample_every_steps={config.log.sample_every_steps} must be >= 0 (0: never)")
   accum = train.get("grad_accum_steps", 1)
   if accum < 1:
-    raise ValueError(f"config.train.grad_accum_steps={accum} must be >= 1")
+    raise UserError(f"config.train.grad_accum_steps={accum} must be >= 1")
   if train.batch_size % (accum * dp):
-    raise ValueError(f"config.train.batch_size={train.batch_size} must be a multiple of grad_accum_steps x "
-                     f"data-parallel size = {accum} x {dp}, so every microbatch splits over the devices")
+    raise UserError(f"config.train.batch_size={train.batch_size} must be a multiple of grad_accum_steps x "
+                    f"data-parallel size = {accum} x {dp}, so every microbatch splits over the devices")
   if not 0 <= train.get("ema_decay", 0.0) < 1:
-    raise ValueError(f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0: no EMA)")
+    raise UserError(f"config.train.ema_decay={train.ema_decay} must be in [0, 1) (0: no EMA)")
   if train.num_steps <= 0:
-    raise ValueError(f"config.train.num_steps={train.num_steps} must be positive")
+    raise UserError(f"config.train.num_steps={train.num_steps} must be positive")
   if not 0 <= train.drop_label < 1 or not 0 <= train.drop_first_frame < 1:
-    raise ValueError("config.train.drop_label and drop_first_frame are probabilities in [0, 1)")
+    raise UserError("config.train.drop_label and drop_first_frame are probabilities in [0, 1)")
   if train.noise_std < 0:
-    raise ValueError(f"config.train.noise_std={train.noise_std} must be >= 0")
+    raise UserError(f"config.train.noise_std={train.noise_std} must be >= 0")
   if train.flow_score_matching and not model.learnable_self_denoiser:
-    raise ValueError("config.train.flow_score_matching=True needs config.model.learnable_self_denoiser=True")
+    raise UserError("config.train.flow_score_matching=True needs config.model.learnable_self_denoiser=True")
   if train.flow_score_matching and train.noise_std <= 0:
-    raise ValueError("flow-score matching learns sigma * score: set config.train.noise_std > 0")
+    raise UserError("flow-score matching learns sigma * score: set config.train.noise_std > 0")
   if train.warmup_steps >= train.num_steps:
-    raise ValueError(f"config.train.warmup_steps={train.warmup_steps} must be < num_steps={train.num_steps}")
+    raise UserError(f"config.train.warmup_steps={train.warmup_steps} must be < num_steps={train.num_steps}")
   text = text_config(config)
   if model.conditioning == "text" and text is None and not sources.provides_embeddings(config.data):
-    raise ValueError("the model is text-conditioned (model.txt_dim > 0) but config.text.kind='none' and "
-                     "the data source provides no text embeddings; use a built-in text encoder "
-                     "(text.kind='words') or pre-encoded data with embeddings")
+    raise UserError("the model is text-conditioned (model.txt_dim > 0) but config.text.kind='none' and "
+                    "the data source provides no text embeddings; use a built-in text encoder "
+                    "(text.kind='words') or pre-encoded data with embeddings")
   if text is not None and model.conditioning != "text":
-    raise ValueError("config.text is set but the model has no text condition; set model.txt_size and "
-                     "model.txt_dim, or text.kind='none'")
+    raise UserError("config.text is set but the model has no text condition; set model.txt_size and "
+                    "model.txt_dim, or text.kind='none'")
   ae = build_autoencoder(autoencoder_config(config))
   frames, height, width, channels = sources.example_shape(config.data)
   lat_h, lat_w = height // ae.spatial_factor, width // ae.spatial_factor
   if height % ae.spatial_factor or width % ae.spatial_factor:
-    raise ValueError(f"data frames {height}x{width} are not divisible by the autoencoder's spatial "
-                     f"factor {ae.spatial_factor}")
+    raise UserError(f"data frames {height}x{width} are not divisible by the autoencoder's spatial "
+                    f"factor {ae.spatial_factor}")
   if lat_h % model.patch_size or lat_w % model.patch_size:
-    raise ValueError(f"latent frames {lat_h}x{lat_w} are not divisible by model.patch_size="
-                     f"{model.patch_size}; change the data size or the patch size")
+    raise UserError(f"latent frames {lat_h}x{lat_w} are not divisible by model.patch_size="
+                    f"{model.patch_size}; change the data size or the patch size")
   if max(lat_h, lat_w) != model.img_size:
-    raise ValueError(f"model.img_size={model.img_size} but the data's latent frames are {lat_h}x{lat_w}; "
-                     f"set model.img_size={max(lat_h, lat_w)}")
+    raise UserError(f"model.img_size={model.img_size} but the data's latent frames are {lat_h}x{lat_w}; "
+                    f"set model.img_size={max(lat_h, lat_w)}")
   try:
     ae.latent_frames(frames)
   except ValueError as e:
-    raise ValueError(f"config.data: {e}") from e
+    raise UserError(f"config.data: {e}") from e
   if ae.latent_channels(channels) != model.in_channels:
-    raise ValueError(f"model.in_channels={model.in_channels} but the latents have "
-                     f"{ae.latent_channels(channels)} channels; set model.in_channels accordingly")
+    raise UserError(f"model.in_channels={model.in_channels} but the latents have "
+                    f"{ae.latent_channels(channels)} channels; set model.in_channels accordingly")
   if model.is_video and train.drop_first_frame > 0 and frames < 2:
-    raise ValueError("drop_first_frame needs clips of at least 2 frames")
+    raise UserError("drop_first_frame needs clips of at least 2 frames")
   if not model.is_video and frames != 1:
-    raise ValueError(f"the data has {frames} frames but the model is an image model "
-                     "(temporal_causal=0); set model.temporal_causal=1 for video")
+    raise UserError(f"the data has {frames} frames but the model is an image model "
+                    "(temporal_causal=0); set model.temporal_causal=1 for video")

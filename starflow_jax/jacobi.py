@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from starflow_jax import decoding, tokens
 from starflow_jax.config import ModelConfig
 from starflow_jax.decoding import DecodeState, affine_params, call_block, start_decoding, write_tokens
+from starflow_jax.errors import UserError
 from starflow_jax.flow import FlowBlock, affine_inverse
 from starflow_jax.rope import TokenGrid
 
@@ -56,12 +57,12 @@ class JacobiOptions:
 
   def __post_init__(self):
     if self.block_size <= 0 or (self.later_block_size is not None and self.later_block_size <= 0):
-      raise ValueError(f"Jacobi block sizes must be positive, got block_size={self.block_size}, "
-                       f"later_block_size={self.later_block_size}")
+      raise UserError(f"Jacobi block sizes must be positive, got block_size={self.block_size}, "
+                      f"later_block_size={self.later_block_size}")
     if self.max_iter <= 0:
-      raise ValueError(f"max_iter={self.max_iter} must be at least 1")
+      raise UserError(f"max_iter={self.max_iter} must be at least 1")
     if self.threshold < 0:
-      raise ValueError(f"threshold={self.threshold} must be >= 0 (0 iterates to max_iter)")
+      raise UserError(f"threshold={self.threshold} must be >= 0 (0 iterates to max_iter)")
 
   @property
   def later_size(self) -> int:

@@ -66,17 +66,17 @@ class SamplingOptions:
 
   def validate(self) -> "SamplingOptions":
     if self.method not in ("jacobi", "sequential"):
-      raise ValueError(f"method={self.method!r} must be 'jacobi' or 'sequential'")
+      raise UserError(f"method={self.method!r} must be 'jacobi' or 'sequential'")
     if self.denoise not in ("auto", "learned", "score", "none"):
-      raise ValueError(f"denoise={self.denoise!r} must be 'auto', 'learned', 'score' or 'none'")
+      raise UserError(f"denoise={self.denoise!r} must be 'auto', 'learned', 'score' or 'none'")
     if self.guidance < 0:
-      raise ValueError(f"guidance={self.guidance} must be >= 0")
+      raise UserError(f"guidance={self.guidance} must be >= 0")
     if self.temperature <= 0:
-      raise ValueError(f"temperature={self.temperature} must be > 0")
+      raise UserError(f"temperature={self.temperature} must be > 0")
     if self.window is not None and self.window < 1:
-      raise ValueError(f"window={self.window} must be >= 1 frame")
+      raise UserError(f"window={self.window} must be >= 1 frame")
     if self.context is not None and self.window is not None and not 0 < self.context < self.window:
-      raise ValueError(f"context={self.context} must be in [1, window={self.window})")
+      raise UserError(f"context={self.context} must be in [1, window={self.window})")
     return self
 
 
@@ -123,9 +123,9 @@ class VideoSampler:
     if denoise == "auto":
       denoise = "learned" if self.config.learnable_self_denoiser and options.noise_std > 0 else "none"
     if denoise == "learned" and not self.config.learnable_self_denoiser:
-      raise ValueError("denoise='learned' but the model has no denoiser; use 'score' or 'none'")
+      raise UserError("denoise='learned' but the model has no denoiser; use 'score' or 'none'")
     if denoise in ("learned", "score") and options.noise_std <= 0:
-      raise ValueError(f"denoise={denoise!r} needs the training noise level: set noise_std > 0")
+      raise UserError(f"denoise={denoise!r} needs the training noise level: set noise_std > 0")
     self.denoise_mode = denoise
     if options.method == "sequential":
       self.block_inverse = decoding.sequential_inverse
@@ -206,8 +206,8 @@ class VideoSampler:
       if self.external_text_encoder is not None:
         return (self.place(self.external_text_encoder(list(prompts))),
                 self.place(self.external_text_encoder([""] * len(prompts))))
-      raise ValueError("this model directory has no built-in text encoder; give the encoder it was "
-                       "trained with (--t5=DIR for Flan-T5) or pass text embeddings (cond=...)")
+      raise UserError("this model directory has no built-in text encoder; give the encoder it was "
+                      "trained with (--t5=DIR for Flan-T5) or pass text embeddings (cond=...)")
     tokenizer = self.bundle.text_config.tokenizer
     for i, prompt in enumerate(prompts):
       if tokenizer.length(prompt) > tokenizer.max_length:
@@ -236,12 +236,12 @@ class VideoSampler:
     if cond is None and prompts is not None:
       cond, null_cond = self.encode_prompts(prompts)
     if cfg.conditioning is not None and cond is None:
-      raise ValueError("the model is conditioned: give prompts (or cond embeddings)")
+      raise UserError("the model is conditioned: give prompts (or cond embeddings)")
     batch = cond.shape[0] if cond is not None else batch_size
     if not cfg.is_video and num_frames != 1:
-      raise ValueError(f"num_frames={num_frames}, but this is an image model; use num_frames=1")
+      raise UserError(f"num_frames={num_frames}, but this is an image model; use num_frames=1")
     if num_frames < 1:
-      raise ValueError(f"num_frames={num_frames} must be >= 1")
+      raise UserError(f"num_frames={num_frames} must be >= 1")
     latent_frames = self.autoencoder.latent_frames(num_frames)
     shape = (batch, latent_frames, cfg.img_size, cfg.img_size, cfg.in_channels)
     cond, null_cond = self.place(cond), self.place(null_cond)
@@ -263,16 +263,16 @@ class VideoSampler:
     if video.shape[0] == 1 and batch > 1:
       video = np.broadcast_to(video, (batch,) + video.shape[1:])
     if video.shape[0] != batch:
-      raise ValueError(f"the conditioning video has batch {video.shape[0]} but {batch} samples "
-                       "are requested; give one clip, or one per sample")
+      raise UserError(f"the conditioning video has batch {video.shape[0]} but {batch} samples "
+                      "are requested; give one clip, or one per sample")
     expected = (self.config.img_size * self.autoencoder.spatial_factor,) * 2
     if tuple(video.shape[2:4]) != expected:
-      raise ValueError(f"conditioning frames are {video.shape[2]}x{video.shape[3]} but the model "
-                       f"generates {expected[0]}x{expected[1]}; resize them first")
+      raise UserError(f"conditioning frames are {video.shape[2]}x{video.shape[3]} but the model "
+                      f"generates {expected[0]}x{expected[1]}; resize them first")
     latents = self.autoencoder.encode(self.place(video))
     if latents.shape[1] >= latent_frames:
-      raise ValueError(f"the conditioning clip has {latents.shape[1]} latent frames but only "
-                       f"{latent_frames} are generated; ask for more frames")
+      raise UserError(f"the conditioning clip has {latents.shape[1]} latent frames but only "
+                      f"{latent_frames} are generated; ask for more frames")
     noise = self._normal(seed + 1, latents.shape)
     return latents + self.options.noise_std * noise  # the model was trained on noisy latents
 
@@ -324,8 +324,8 @@ class VideoSampler:
     if prefix_tok is not None:
       p_perm = tokens.permute(prefix_tok.reshape(b, -1, d), self.deep.order, n)
       if p_perm.shape[1] > window * n:
-        raise ValueError(f"the conditioning clip ({prefix_tok.shape[1]} frames) is longer than the "
-                         f"window ({window} frames)")
+        raise UserError(f"the conditioning clip ({prefix_tok.shape[1]} frames) is longer than the "
+                        f"window ({window} frames)")
       state = self._prefill(params, state, p_perm, window_grid)
       start = p_perm.shape[1]
     done = start // n

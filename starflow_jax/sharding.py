@@ -45,19 +45,19 @@ def mesh_shape_for(config_shape: Sequence[int], num_devices: int) -> tuple[int, 
   A shape without -1 may use fewer devices than there are (the first ones), never more."""
   shape = list(config_shape)
   if len(shape) != 3:
-    raise ValueError(f"mesh shape {tuple(shape)} must have 3 entries (data, fsdp, tensor)")
+    raise UserError(f"mesh shape {tuple(shape)} must have 3 entries (data, fsdp, tensor)")
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh shape {tuple(shape)} may contain -1 at most once")
+    raise UserError(f"mesh shape {tuple(shape)} may contain -1 at most once")
   if -1 in shape:
     known = int(np.prod([s for s in shape if s != -1]))
     if known <= 0 or num_devices % known:
-      raise ValueError(f"mesh shape {tuple(shape)} does not divide the {num_devices} devices; "
-                       "choose sizes whose product divides the device count")
+      raise UserError(f"mesh shape {tuple(shape)} does not divide the {num_devices} devices; "
+                      "choose sizes whose product divides the device count")
     shape[shape.index(-1)] = num_devices // known
   if int(np.prod(shape)) > num_devices:
-    raise ValueError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices but "
-                     f"{num_devices} are available; set config.mesh.shape so the product is at "
-                     f"most {num_devices} (use -1 for one axis to take the rest)")
+    raise UserError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices but "
+                    f"{num_devices} are available; set config.mesh.shape so the product is at "
+                    f"most {num_devices} (use -1 for one axis to take the rest)")
   return tuple(shape)
 
 

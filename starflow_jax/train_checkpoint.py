@@ -34,6 +34,12 @@ def checkpoint_directory(workdir: fileio.PathLike) -> epath.Path:
   return fileio.as_path(workdir) / CHECKPOINT_DIR
 
 
+def has_checkpoints(workdir: fileio.PathLike) -> bool:
+  """Whether `workdir` holds a committed or partial training checkpoint step (read only)."""
+  directory = checkpoint_directory(workdir)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def _iterator_file(process_index: int, process_count: int) -> str:
   return f"process_{process_index}-of-{process_count}.json"  # grain's CheckpointHandler names
 
@@ -89,7 +95,7 @@ class TrainCheckpointer:
     if saved.get("model") != ours.get("model"):
       diff = sorted(k for k in set(saved.get("model", {})) | set(ours["model"])
                     if saved.get("model", {}).get(k) != ours["model"].get(k))
-      raise ValueError(
+      raise UserError(
           f"the checkpoint at step {step} in {self.directory} was written for a different model "
           f"(fields {diff} differ). Use a new --workdir for a new architecture, or restore the "
           "original config; the existing checkpoints are left untouched.")
@@ -98,9 +104,9 @@ class TrainCheckpointer:
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     except Exception as e:
-      raise ValueError(f"cannot read the config of checkpoint step {step} in {self.directory} "
-                       f"({type(e).__name__}: {e}); the checkpoint is damaged. Move that step "
-                       "directory away to resume from an earlier one.") from e
+      raise UserError(f"cannot read the config of checkpoint step {step} in {self.directory} "
+                      f"({type(e).__name__}: {e}); the checkpoint is damaged. Move that step "
+                      "directory away to resume from an earlier one.") from e
     return restored["config"]
 
   def restore(self, step: int, abstract_state, iterator):
@@ -120,7 +126,7 @@ class TrainCheckpointer:
     except UserError:
       raise
     except Exception as e:
-      raise ValueError(
+      raise UserError(
           f"cannot restore checkpoint step {step} from {self.directory} ({type(e).__name__}: {e}). "
           "It is damaged or does not match this config. Nothing was overwritten: move the step "
           "directory away to resume from an earlier checkpoint, or use a new --workdir.") from e

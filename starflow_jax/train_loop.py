@@ -25,8 +25,9 @@ from data_pipeline import pipeline, sources
 from starflow_jax import checkpoint as model_checkpoint
 from starflow_jax import distributed, experiment, fileio, media, metrics as metrics_lib, sharding
 from starflow_jax.autoencoder import build_autoencoder
+from starflow_jax.errors import UserError
 from starflow_jax.train import Trainer, TrainState, drop_first_frame_now
-from starflow_jax.train_checkpoint import TrainCheckpointer, export_model
+from starflow_jax.train_checkpoint import TrainCheckpointer, export_model, has_checkpoints
 
 MODEL_INPUT_KEYS = ("video", "tokens", "label", "text_embeddings")
 log = logging.getLogger(__name__)
@@ -119,10 +120,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   In a multi-host run every process calls this with the same arguments."""
   distributed.initialize(config.mesh.get("multihost", False))
   workdir = fileio.as_path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir {workdir} is a file; give a directory (new, or an earlier run's to resume)")
   experiment.validate_experiment(config)
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
   trainer = Trainer(config, mesh)
+  init_bundle = None  # parameters to start from, read (and checked) before anything is written
+  if config.train.get("init_from", "") and not has_checkpoints(workdir):
+    init_bundle = model_checkpoint.load_bundle(config.train.init_from)
+    if init_bundle.config != trainer.model_config:
+      raise UserError(f"config.train.init_from={config.train.init_from} holds a different model "
+                      "architecture than config.model; make them agree")
   _write_config(workdir, config)
   dataset = build_train_data(config, mesh, trainer.text_config)
   iterator = iter(dataset)
@@ -135,12 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     log.info("resumed from step %d in %s", latest, ckpt.directory)
   else:
     state = trainer.init_state(config.seed)
-    if config.train.get("init_from", ""):
-      bundle = model_checkpoint.load_bundle(config.train.init_from)
-      if bundle.config != trainer.model_config:
-        raise ValueError(f"config.train.init_from={config.train.init_from} holds a different model "
-                         "architecture than config.model; make them agree")
-      state = trainer.state_with_params(state, bundle.params)
+    if init_bundle is not None:
+      state = trainer.state_with_params(state, init_bundle.params)
       log.info("initialised the model from %s", config.train.init_from)
   writer = metrics_lib.MetricWriter(workdir)
   sampler = _Sampler(config, trainer, workdir) if config.log.sample_every_steps else None

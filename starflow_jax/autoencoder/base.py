@@ -17,6 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from starflow_jax.errors import UserError
+
 # Latent frames a decoded pixel frame can depend on, behind its own (causal_vae.Decoder: the res
 # block at the latent rate reaches 4 frames back; the three pixel-rate stages and the output conv
 # reach 14 pixel frames, i.e. under 4 latent frames).
@@ -69,8 +71,8 @@ class CausalVAEAutoencoder:
   def __init__(self, config: AutoencoderConfig, mesh: jax.sharding.Mesh | None = None):
     from starflow_jax.autoencoder import causal_vae, vae_checkpoint
     if not config.checkpoint:
-      raise ValueError("autoencoder kind 'causal_vae' needs autoencoder.checkpoint: the directory "
-                       "written by `python -m experiments.train_vae`")
+      raise UserError("autoencoder kind 'causal_vae' needs autoencoder.checkpoint: the directory "
+                      "written by `python -m experiments.train_vae`")
     self.config = config
     self.mesh = mesh  # parameters replicated over it, so global (multi-host) batches decode
     # The config is read now (shape queries: training set-up, validation, sampling defaults); the
@@ -135,8 +137,8 @@ class WanAutoencoder:
     self.temporal_factor = self.vae_config.temporal_factor
     found = (self.spatial_factor, self.temporal_factor)
     if expected_factors and found != expected_factors:  # the checkpoint decides the channels
-      raise ValueError(f"{config.checkpoint} is a VAE compressing (spatial, temporal) by {found}, but "
-                       f"autoencoder kind {config.kind!r} means {expected_factors}; set the matching kind")
+      raise UserError(f"{config.checkpoint} is a VAE compressing (spatial, temporal) by {found}, but "
+                      f"autoencoder kind {config.kind!r} means {expected_factors}; set the matching kind")
 
   @functools.cached_property
   def runner(self):
@@ -181,9 +183,9 @@ class PretrainedLatentSpace:
   def _unavailable(self, what):
     hint = ("set autoencoder.checkpoint to a diffusers AutoencoderKLWan folder (see WORKSPACE.md) or "
             if self.config.kind in _WAN else "")
-    raise ValueError(f"autoencoder kind {self.config.kind!r} without weights cannot {what}: {hint}train "
-                     "from pre-encoded latents (data.source='latents') and decode samples with the "
-                     "original VAE, or use kind 'identity' / 'causal_vae'")
+    raise UserError(f"autoencoder kind {self.config.kind!r} without weights cannot {what}: {hint}train "
+                    "from pre-encoded latents (data.source='latents') and decode samples with the "
+                    "original VAE, or use kind 'identity' / 'causal_vae'")
 
   def encode(self, video):
     self._unavailable("encode")
@@ -208,5 +210,5 @@ def build_autoencoder(config: AutoencoderConfig, mesh: jax.sharding.Mesh | None 
     return WanAutoencoder(config, _PRETRAINED[config.kind][:2], mesh=mesh)
   if config.kind in _PRETRAINED:
     return PretrainedLatentSpace(config, *_PRETRAINED[config.kind])
-  raise ValueError(f"unknown autoencoder kind {config.kind!r}; available: 'identity', 'causal_vae', "
-                   f"{', '.join(repr(k) for k in _PRETRAINED)}")
+  raise UserError(f"unknown autoencoder kind {config.kind!r}; available: 'identity', 'causal_vae', "
+                  f"{', '.join(repr(k) for k in _PRETRAINED)}")

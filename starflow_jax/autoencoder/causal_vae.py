@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from starflow_jax.errors import UserError
+
 Array = jnp.ndarray
 
 
@@ -168,8 +170,8 @@ class CausalVAE(nn.Module):
 
 def check_frames(num_frames: int, temporal_factor: int) -> None:
   if (num_frames - 1) % temporal_factor:
-    raise ValueError(f"the causal VAE needs 1 + {temporal_factor}k frames, got {num_frames}; use e.g. "
-                     f"{1 + temporal_factor * max(1, (num_frames - 1) // temporal_factor)}")
+    raise UserError(f"the causal VAE needs 1 + {temporal_factor}k frames, got {num_frames}; use e.g. "
+                    f"{1 + temporal_factor * max(1, (num_frames - 1) // temporal_factor)}")
 
 
 def vae_loss(model: CausalVAE, params, video: Array, rng: Array) -> tuple[Array, dict]:

@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 
 from starflow_jax import fileio
 from starflow_jax.autoencoder.causal_vae import CausalVAE, CausalVAEConfig
+from starflow_jax.errors import UserError
 
 
 def save(directory: str, config: CausalVAEConfig, params, report: dict | None = None,
@@ -29,8 +30,8 @@ def _readable(directory: str, read):
   except FileNotFoundError:
     raise
   except Exception as e:
-    raise ValueError(f"{directory} is not a readable causal-VAE directory ({type(e).__name__}: {e}); "
-                     "write one with `python -m experiments.train_vae`") from e
+    raise UserError(f"{directory} is not a readable causal-VAE directory ({type(e).__name__}: {e}); "
+                    "write one with `python -m experiments.train_vae`") from e
 
 
 def load_config(directory: str) -> CausalVAEConfig:

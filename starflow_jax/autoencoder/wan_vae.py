@@ -43,6 +43,7 @@ from jax import lax
 
 from starflow_jax import fileio, sharding
 from starflow_jax.autoencoder import causal_vae
+from starflow_jax.errors import UserError
 
 Array = jnp.ndarray
 CONV_DIMS = ("NDHWC", "DHWIO", "NDHWC")
@@ -70,11 +71,11 @@ class WanVAEConfig:
     for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
     if len(self.temperal_downsample) != len(self.dim_mult) - 1:
-      raise ValueError(f"temperal_downsample needs {len(self.dim_mult) - 1} entries (one per "
-                       f"downsampling stage of dim_mult={self.dim_mult}), got {self.temperal_downsample}")
+      raise UserError(f"temperal_downsample needs {len(self.dim_mult) - 1} entries (one per "
+                      f"downsampling stage of dim_mult={self.dim_mult}), got {self.temperal_downsample}")
     for name in ("latents_mean", "latents_std"):
       if getattr(self, name) and len(getattr(self, name)) != self.z_dim:
-        raise ValueError(f"{name} has {len(getattr(self, name))} entries for z_dim={self.z_dim}")
+        raise UserError(f"{name} has {len(getattr(self, name))} entries for z_dim={self.z_dim}")
 
   @classmethod
   def from_diffusers(cls, values: dict) -> "WanVAEConfig":
@@ -83,7 +84,7 @@ class WanVAEConfig:
     for key, ours in (("scale_factor_spatial", config.spatial_factor),
                       ("scale_factor_temporal", config.temporal_factor)):
       if values.get(key) not in (None, ours):
-        raise ValueError(f"config.json says {key}={values[key]} but its blocks compress by {ours}")
+        raise UserError(f"config.json says {key}={values[key]} but its blocks compress by {ours}")
     return config
 
   @property
@@ -506,7 +507,7 @@ class WanVAERunner:
   def __init__(self, config: WanVAEConfig, params, dtype=jnp.float32, encode_chunk: int = 4,
                decode_chunk: int = 4, mesh: jax.sharding.Mesh | None = None):
     if encode_chunk < 1 or decode_chunk < 1:
-      raise ValueError(f"encode_chunk / decode_chunk must be >= 1, got {encode_chunk} / {decode_chunk}")
+      raise UserError(f"encode_chunk / decode_chunk must be >= 1, got {encode_chunk} / {decode_chunk}")
     self.config = config
     # With a mesh (starflow_jax.sharding.make_mesh) videos are split along the batch over its
     # (data, fsdp) axes and the parameters replicated, as the flow's batches are; the compiled
@@ -521,11 +522,11 @@ class WanVAERunner:
   def check_video(self, video) -> None:
     cfg = self.config
     if video.ndim != 5 or video.shape[-1] != cfg.video_channels:
-      raise ValueError(f"the WAN VAE encodes videos [B, T, H, W, {cfg.video_channels}], got shape {tuple(video.shape)}")
+      raise UserError(f"the WAN VAE encodes videos [B, T, H, W, {cfg.video_channels}], got shape {tuple(video.shape)}")
     causal_vae.check_frames(video.shape[1], cfg.temporal_factor)
     s = cfg.spatial_factor
     if video.shape[2] % s or video.shape[3] % s:
-      raise ValueError(f"the WAN VAE needs height and width divisible by {s}, got {video.shape[2:4]}")
+      raise UserError(f"the WAN VAE needs height and width divisible by {s}, got {video.shape[2:4]}")
 
   def moments(self, video: Array) -> Array:
     """Pixels [B, 1 + 4k, H, W, C] -> posterior moments [B, 1 + k, H/s, W/s, 2z]."""
@@ -544,8 +545,8 @@ class WanVAERunner:
       return x
     dp = sharding.data_parallel_size(self.mesh)
     if x.shape[0] % dp:
-      raise ValueError(f"a batch of {x.shape[0]} cannot be split over {dp} data-parallel devices; "
-                       f"use a multiple of {dp}")
+      raise UserError(f"a batch of {x.shape[0]} cannot be split over {dp} data-parallel devices; "
+                      f"use a multiple of {dp}")
     return jax.device_put(x, sharding.batch_sharding(self.mesh))
 
   def encode(self, video: Array) -> Array:
@@ -555,7 +556,7 @@ class WanVAERunner:
   def decode(self, z: Array) -> Array:
     """Raw latents [B, T', h, w, z] -> pixels [B, 1 + 4(T' - 1), H, W, C] in [-1, 1]."""
     if z.ndim != 5 or z.shape[-1] != self.config.z_dim:
-      raise ValueError(f"the WAN VAE decodes latents [B, T, h, w, {self.config.z_dim}], got {tuple(z.shape)}")
+      raise UserError(f"the WAN VAE decodes latents [B, T, h, w, {self.config.z_dim}], got {tuple(z.shape)}")
     z = self._place(z)
     out, cache = self._decode[True](self.params, None, z[:, :1])
     pieces = [out]
@@ -601,7 +602,7 @@ def load_config(directory: str) -> WanVAEConfig:
   directory = diffusers_directory(directory)
   values = fileio.read_json(fileio.as_path(directory) / "config.json")
   if values.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-    raise ValueError(f"{directory}/config.json describes a {values['_class_name']}, not an AutoencoderKLWan")
+    raise UserError(f"{directory}/config.json describes a {values['_class_name']}, not an AutoencoderKLWan")
   return WanVAEConfig.from_diffusers(values)
 
 
@@ -641,7 +642,7 @@ def params_from_state_dict(config: WanVAEConfig, state_dict: dict[str, np.ndarra
   if unused:
     problems.append(f"unused {', '.join(unused[:8])}" + (f" (+{len(unused) - 8} more)" if len(unused) > 8 else ""))
   if problems:
-    raise ValueError(f"{where or 'state_dict'}: cannot load the WAN VAE: " + "; ".join(problems))
+    raise UserError(f"{where or 'state_dict'}: cannot load the WAN VAE: " + "; ".join(problems))
   return params
 
 

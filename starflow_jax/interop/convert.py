@@ -19,15 +19,32 @@ import jax
 
 from starflow_jax import checkpoint, fileio
 from starflow_jax.config import ModelConfig
+from starflow_jax.errors import UserError
 from starflow_jax.interop import official
 from starflow_jax.interop.state_dict_io import read_state_dict, write_safetensors
 from starflow_jax.model import init_params
 
 
+def read_official_kwargs(config_path: str) -> dict:
+  """The official Model(...) keyword arguments from a JSON file (bare or under 'model_kwargs')."""
+  path = fileio.as_path(config_path)
+  if not path.is_file():
+    raise UserError(f"--config {config_path} does not exist")
+  try:
+    kwargs = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f"--config {config_path} is not valid JSON ({e}); give the official Model(...) "
+                    "keyword arguments as a JSON object") from None
+  if not isinstance(kwargs, dict):
+    raise UserError(f"--config {config_path} holds a {type(kwargs).__name__}, not a JSON object of "
+                    "Model(...) keyword arguments")
+  return kwargs
+
+
 def official_to_jax(weights: str, config_path: str, out: str, overwrite: bool = False) -> str:
-  with open(config_path) as f:
-    kwargs = json.load(f)
-  config = ModelConfig.from_official_kwargs(kwargs)
+  config = ModelConfig.from_official_kwargs(read_official_kwargs(config_path))
+  if fileio.as_path(out).exists() and not overwrite:
+    raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
   state_dict = read_state_dict(weights)
   shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
   params = official.import_official(config, state_dict, shapes)
@@ -35,17 +52,29 @@ def official_to_jax(weights: str, config_path: str, out: str, overwrite: bool = 
 
 
 def jax_to_official(checkpoint_dir: str, out: str, overwrite: bool = False) -> tuple[str, str]:
+  if not out.endswith(".safetensors"):
+    raise UserError(f"--out {out} must end in .safetensors (its .json is written beside it)")
+  json_path = out[: -len(".safetensors")] + ".json"
+  for path in (out, json_path):  # both outputs checked before either is written
+    if fileio.as_path(path).exists() and not overwrite:
+      raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite")
   config, params = checkpoint.load_model(checkpoint_dir)
   state_dict = official.export_official(config, params)
-  json_path = out[: -len(".safetensors")] + ".json" if out.endswith(".safetensors") else out + ".json"
   write_safetensors(out, state_dict, overwrite=overwrite)
   fileio.write_json(json_path, config.to_official_kwargs(), overwrite=overwrite)
   return out, json_path
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a user's mistake as one line (`error: ...`, exit 2), no usage dump."""
+
+  def error(self, message):
+    print(f"error: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m starflow_jax.interop.convert",
-                                   description=__doc__.split("\n\n")[0])
+  parser = _Parser(prog="python -m starflow_jax.interop.convert", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   imp = sub.add_parser("official-to-jax", help="official state_dict -> orbax model directory")
   imp.add_argument("--weights", required=True, help=".safetensors or .pth official state_dict")
@@ -65,7 +94,7 @@ def main(argv=None) -> int:
     else:
       weights, kwargs = jax_to_official(args.checkpoint, args.out, args.overwrite)
       print(f"wrote {weights} and {kwargs}")
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+  except (UserError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from starflow_jax.config import ModelConfig
+from starflow_jax.errors import UserError
 
 # Official buffers that carry no information (deprecated); ignored on import, written on export.
 _BUFFER_PATTERNS = (r"blocks\.\d+\.attn_mask", r"var", r"feat_rope\.freqs_(cos|sin)",
@@ -90,8 +91,8 @@ def _leaf_mapping(config: ModelConfig, path: tuple[str, ...]) -> LeafMapping:
       return LeafMapping(path, f"{layer}.mlp.main.0.{kind}", 1 if leaf == "kernel" else 0)
     if sub == ("mlp", "fc_out"):
       return LeafMapping(path, f"{layer}.mlp.main.2.{kind}", 1 if leaf == "kernel" else 0)
-  raise ValueError(f"parameter {'/'.join(path)} has no official equivalent "
-                   "(class-label conditioning cannot be exported to the official format)")
+  raise UserError(f"parameter {'/'.join(path)} has no official equivalent "
+                  "(class-label conditioning cannot be exported to the official format)")
 
 
 def parameter_mappings(config: ModelConfig, param_shapes) -> dict[str, tuple[LeafMapping, tuple]]:
@@ -159,9 +160,9 @@ def import_official(config: ModelConfig, state_dict, param_shapes):
       problems.append(f"shape mismatch for {key}: file has {tuple(sd[key].shape)}, the config "
                       f"implies {mapping.official_shape(our_shape)}")
   if problems:
-    raise ValueError("cannot import the official state_dict:\n  " + "\n  ".join(problems) +
-                     "\nCheck that --config holds the Model(...) keyword arguments these weights "
-                     "were trained with.")
+    raise UserError("cannot import the official state_dict:\n  " + "\n  ".join(problems) +
+                    "\nCheck that --config holds the Model(...) keyword arguments these weights "
+                    "were trained with.")
   by_path = {m.ours: m.to_ours(sd[key].astype(np.float32), shape) for key, (m, shape) in mappings.items()}
 
   def fill(path, leaf):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from starflow_jax import decoding, jacobi, losses
+from starflow_jax.errors import UserError
 from starflow_jax.interop.golden import GoldenFolder, load_golden, to_channels_first, to_channels_last
 from starflow_jax.model import StarFlow
 
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     ok = run_parity(args.golden, args.tolerance, args.time)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, UserError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0 if ok else 1

@@ -6,19 +6,25 @@ import io
 import os
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors_bytes, save_file
 
 from starflow_jax import fileio
+from starflow_jax.errors import UserError
 from starflow_jax.interop.torch_pickle import load_torch_state_dict
 
 
 def load_safetensors(path) -> dict[str, np.ndarray]:
   """A .safetensors file (local or gs://) as numpy arrays."""
   path = fileio.as_path(path)
-  if not fileio.is_url(path):
-    from safetensors.numpy import load_file
-    return load_file(os.fspath(path))
-  return load_safetensors_bytes(path.read_bytes())
+  try:
+    if not fileio.is_url(path):
+      from safetensors.numpy import load_file
+      return load_file(os.fspath(path))
+    return load_safetensors_bytes(path.read_bytes())
+  except (SafetensorError, ValueError, OSError) as e:  # truncated, not safetensors, bad header
+    raise UserError(f"{path} is not a readable .safetensors file ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else 'damaged'}); download or export it again") from None
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
@@ -31,10 +37,10 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
   if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
     obj = load_torch_state_dict(io.BytesIO(path.read_bytes()) if fileio.is_url(path) else os.fspath(path))
     if not isinstance(obj, dict):
-      raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict; save "
-                       "model.state_dict() rather than the model object")
+      raise UserError(f"{path} holds a {type(obj).__name__}, not a state_dict; save "
+                      "model.state_dict() rather than the model object")
     return obj
-  raise ValueError(f"unknown weights format {path!r}: use .safetensors or .pth")
+  raise UserError(f"unknown weights format {path!r}: use .safetensors or .pth")
 
 
 def read_hf_directory(directory, filename: str = "model.safetensors") -> dict[str, np.ndarray]:
@@ -59,7 +65,7 @@ def write_safetensors(path, state_dict: dict[str, np.ndarray], overwrite: bool =
                       metadata: dict[str, str] | None = None) -> None:
   """Writes a .safetensors file atomically; refuses to replace an existing file unless overwrite."""
   if not os.fspath(path).endswith(".safetensors"):
-    raise ValueError(f"output {os.fspath(path)!r} must end in .safetensors")
+    raise UserError(f"output {os.fspath(path)!r} must end in .safetensors")
 
   def write(local):
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, local, metadata=metadata)

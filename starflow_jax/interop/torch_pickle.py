@@ -15,6 +15,8 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from starflow_jax.errors import UserError
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
@@ -80,12 +82,18 @@ def load_torch_state_dict(path) -> dict:
   """Returns the pickled object of a zip-format `torch.save` file (a local filename or a binary
   file object) with tensors as numpy arrays."""
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path} is not a zip-format torch.save file (legacy pre-1.6 format or not a "
-                     "checkpoint); re-save it with a recent PyTorch or convert it to .safetensors")
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-    if not pickles:
-      raise ValueError(f"{path}: no data.pkl inside; not a torch.save file")
-    prefix = pickles[0].rsplit("/", 1)[0] if "/" in pickles[0] else ""
-    with archive.open(pickles[0]) as f:
-      return _Unpickler(f, archive, prefix).load()
+    raise UserError(f"{path} is not a zip-format torch.save file (legacy pre-1.6 format or not a "
+                    "checkpoint); re-save it with a recent PyTorch or convert it to .safetensors")
+  try:
+    with zipfile.ZipFile(path) as archive:
+      pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+      if not pickles:
+        raise UserError(f"{path}: no data.pkl inside; not a torch.save file")
+      prefix = pickles[0].rsplit("/", 1)[0] if "/" in pickles[0] else ""
+      with archive.open(pickles[0]) as f:
+        return _Unpickler(f, archive, prefix).load()
+  except (zipfile.BadZipFile, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:
+    if isinstance(e, UserError):
+      raise
+    raise UserError(f"{path} is a damaged torch.save file ({type(e).__name__}: {e}); download or save "
+                    "it again, or convert it to .safetensors") from None

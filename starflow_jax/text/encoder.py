@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from starflow_jax import layers
+from starflow_jax.errors import UserError
 from starflow_jax.text.tokenizer import Tokenizer
 
 
@@ -27,9 +28,9 @@ class TextEncoderConfig:
 
   def validate(self) -> "TextEncoderConfig":
     if self.width % self.head_dim:
-      raise ValueError(f"text encoder width={self.width} is not divisible by head_dim={self.head_dim}")
+      raise UserError(f"text encoder width={self.width} is not divisible by head_dim={self.head_dim}")
     if self.num_layers < 0 or self.output_dim <= 0:
-      raise ValueError("text encoder needs num_layers >= 0 and output_dim > 0")
+      raise UserError("text encoder needs num_layers >= 0 and output_dim > 0")
     return self
 
   def to_dict(self) -> dict:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from starflow_jax import fileio, layers
+from starflow_jax.errors import UserError
 from starflow_jax.interop.state_dict_io import read_hf_directory
 
 PAD_ID, EOS_ID = 0, 1
@@ -46,8 +47,8 @@ class T5Config:
     fields = {f.name for f in dataclasses.fields(cls)}
     config = cls(**{k: v for k, v in values.items() if k in fields})
     if config.feed_forward_proj not in ("gated-gelu", "relu", "gated-relu"):
-      raise ValueError(f"T5 feed_forward_proj={config.feed_forward_proj!r} is not supported "
-                       "(gated-gelu, gated-relu, relu)")
+      raise UserError(f"T5 feed_forward_proj={config.feed_forward_proj!r} is not supported "
+                      "(gated-gelu, gated-relu, relu)")
     return config
 
 
@@ -165,7 +166,7 @@ def load_hf_t5(directory: str) -> tuple[T5Config, dict]:
 
   params = jax.tree_util.tree_map_with_path(fill, shapes)
   if problems:
-    raise ValueError(f"{directory}: cannot load the T5 encoder: " + "; ".join(problems))
+    raise UserError(f"{directory}: cannot load the T5 encoder: " + "; ".join(problems))
   return config, params
 
 
@@ -176,8 +177,8 @@ class T5Tokenizer:
     try:
       import sentencepiece
     except ImportError as e:
-      raise ValueError("the T5 tokenizer needs sentencepiece: pip install sentencepiece "
-                       "(or pip install -e .[t5])") from e
+      raise UserError("the T5 tokenizer needs sentencepiece: pip install sentencepiece "
+                      "(or pip install -e .[t5])") from e
     path = fileio.as_path(directory) / "spiece.model"
     if not path.is_file():
       raise FileNotFoundError(f"{path} not found: the T5 checkpoint directory needs its spiece.model")

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from starflow_jax.errors import UserError
+
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 TAGS = ("(extend)", "(v2v)", "(last)")
 SPECIAL_TOKENS = (PAD, BOS, UNK) + TAGS
@@ -30,13 +32,13 @@ class Tokenizer:
   def __post_init__(self):
     object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
     if self.kind not in ("words", "bytes"):
-      raise ValueError(f"tokenizer kind {self.kind!r} must be 'words' or 'bytes'")
+      raise UserError(f"tokenizer kind {self.kind!r} must be 'words' or 'bytes'")
     if self.max_length < 2:
-      raise ValueError(f"max_length={self.max_length} must be >= 2 (<bos> and one token)")
+      raise UserError(f"max_length={self.max_length} must be >= 2 (<bos> and one token)")
     if self.kind == "words":
       dupes = sorted({w for w in self.vocabulary if self.vocabulary.count(w) > 1})
       if dupes:
-        raise ValueError(f"duplicate words in the vocabulary: {dupes}")
+        raise UserError(f"duplicate words in the vocabulary: {dupes}")
 
   @property
   def vocab_size(self) -> int:
