@@ -74,6 +74,9 @@ class ModelConfig:
   expansion: float = 4.0  # MLP hidden width / model width (fixed at 4 officially)
   compute_dtype: str = "float32"  # transformer matmuls; flow arithmetic is always float32
   remat: bool = False  # rematerialise every transformer layer in the backward pass
+  # Flash (block-wise) attention in tiles of this many tokens for longer sequences: the memory
+  # of attention grows with the sequence instead of its square (None: dense attention).
+  attention_block_size: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "layers_per_block", tuple(int(n) for n in self.layers_per_block))
@@ -205,10 +208,12 @@ class ModelConfig:
       fail("conditional_denoiser=True needs a condition (txt_dim or num_classes)")
     if self.compute_dtype not in ("float32", "bfloat16", "float16"):
       fail(f"compute_dtype={self.compute_dtype!r} must be float32, bfloat16 or float16")
+    if self.attention_block_size is not None and self.attention_block_size < 1:
+      fail(f"attention_block_size={self.attention_block_size} must be >= 1 (None: dense attention)")
     return self
 
   # ------------------------------------------------------------------ official kwargs
-  _OURS = ("num_classes", "denoiser_layers", "compute_dtype", "remat", "expansion")
+  _OURS = ("num_classes", "denoiser_layers", "compute_dtype", "remat", "expansion", "attention_block_size")
 
   @classmethod
   def from_official_kwargs(cls, kwargs: Mapping[str, Any], **overrides) -> "ModelConfig":

@@ -8,33 +8,45 @@ A - 1 frames and a window of G past frames.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starflow_jax import layers, rope
+from starflow_jax import attention, layers, rope
 from starflow_jax.rope import TokenGrid
 
 Array = jnp.ndarray
 NO_WINDOW = 10000  # the official default when denoiser_window is None
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameBlockMask(attention.PositionMask):
+  """The denoiser's attention over [prefix (L tokens); frames of N tokens] (official
+  `get_local_window_mask`): a token of frame n sees all L prefix tokens and frames
+  n + A - 1 - G .. n + A - 1; prefix tokens see the prefix and frames 0 .. A - 1
+  (A = lookahead, G = window)."""
+
+  cond_len: int
+  tokens_per_frame: int
+  lookahead: int
+  window: int | None
+
+  def allowed(self, q, k, num_queries: int, num_keys: int):
+    g = NO_WINDOW if self.window is None else self.window
+    n, length = self.tokens_per_frame, self.cond_len
+    key_frame = (k - length) // n  # floor division, as torch's //
+    lowest = (q - length) // n + self.lookahead - 1 - g
+    highest = ((q - length) * (q >= length)) // n + self.lookahead - 1  # max(q - L, 0) // N
+    return (k < length) | ((key_frame >= lowest) & (key_frame <= highest))
+
+
 def frame_block_mask(cond_len: int, num_frames: int, tokens_per_frame: int, lookahead: int,
                      window: int | None) -> Array:
-  """[S, S] bool (S = L + T*N), True = may attend (official `get_local_window_mask`).
-
-  A token of frame n sees all L prefix tokens and frames n + A - 1 - G .. n + A - 1; prefix
-  tokens see the prefix and frames 0 .. A - 1 (A = lookahead, G = window).
-  """
-  g = NO_WINDOW if window is None else window
+  """[S, S] bool (S = L + T*N), True = may attend: `FrameBlockMask` as an array."""
   s = cond_len + num_frames * tokens_per_frame
-  q = jnp.arange(s)[:, None]
-  k = jnp.arange(s)[None, :]
-  key_frame = (k - cond_len) // tokens_per_frame  # floor division, as torch's //
-  lowest = (q - cond_len) // tokens_per_frame + lookahead - 1 - g
-  highest = jnp.maximum(q - cond_len, 0) // tokens_per_frame + lookahead - 1
-  return (k < cond_len) | ((key_frame >= lowest) & (key_frame <= highest))
+  return FrameBlockMask(cond_len, tokens_per_frame, lookahead, window).dense(s, s)
 
 
 class Denoiser(nn.Module):
@@ -56,6 +68,7 @@ class Denoiser(nn.Module):
   expansion: float = 4.0
   dtype: Any = jnp.float32
   remat: bool = False
+  attention_block_size: int | None = None  # flash attention past this many tokens (None: dense)
 
   @nn.compact
   def __call__(self, x: Array, grid: TokenGrid, cond: Array | None = None) -> Array:
@@ -83,12 +96,13 @@ class Denoiser(nn.Module):
                                                        self.head_dim, self.rope_layout))
     mask = None
     if self.lookahead > 0 and grid.frames > 1:
-      mask = frame_block_mask(cond_len, grid.frames, grid.tokens_per_frame, self.lookahead, self.window)
+      mask = FrameBlockMask(cond_len, grid.tokens_per_frame, self.lookahead, self.window)
     layer_cls = layers.layer_class(self.remat)
     for i in range(self.num_layers):
       h, _ = layer_cls(num_heads=self.width // self.head_dim, head_dim=self.head_dim,
                        mlp_hidden=int(self.width * self.expansion), norm_type=self.norm_type,
-                       use_bias=self.use_bias, dtype=self.dtype, name=f"layers_{i}")(h, cos, sin, mask)
+                       use_bias=self.use_bias, dtype=self.dtype, attention_block_size=self.attention_block_size,
+                       name=f"layers_{i}")(h, cos, sin, mask)
     h = h[:, cond_len:]
     if self.use_final_norm:
       h = layers.RMSNorm(name="final_norm")(h)

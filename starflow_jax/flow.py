@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starflow_jax import layers, rope, tokens
+from starflow_jax import attention, layers, rope, tokens
 from starflow_jax.rope import TokenGrid
 
 Array = jnp.ndarray
@@ -77,6 +77,7 @@ class FlowBlock(nn.Module):
   expansion: float = 4.0
   dtype: Any = jnp.float32
   remat: bool = False
+  attention_block_size: int | None = None  # flash attention past this many tokens (None: dense)
 
   def setup(self):
     if self.num_layers == 0:
@@ -96,7 +97,8 @@ class FlowBlock(nn.Module):
     layer_cls = layers.layer_class(self.remat)
     self.layers = [layer_cls(num_heads=w // self.head_dim, head_dim=self.head_dim,
                              mlp_hidden=int(w * self.expansion), norm_type=self.norm_type,
-                             use_bias=self.use_bias, dtype=self.dtype)
+                             use_bias=self.use_bias, dtype=self.dtype,
+                             attention_block_size=self.attention_block_size)
                    for _ in range(self.num_layers)]
     if self.use_final_norm:
       self.final_norm = layers.RMSNorm()
@@ -153,7 +155,7 @@ class FlowBlock(nn.Module):
     if cond_len:
       h = jnp.concatenate([self.condition_prefix(cond), h], axis=1)  # [B, L+S, W]
     cos, sin = self.rope_tables(grid, cond_len)
-    mask = layers.causal_mask(cond_len + s, cond_len + s)
+    mask = attention.CausalMask()  # over [prefix; tokens]
     for layer in self.layers:
       h, _ = layer(h, cos, sin, mask)
     scale, shift = self.head(h[:, cond_len:])

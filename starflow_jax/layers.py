@@ -15,14 +15,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from starflow_jax import rope
+from starflow_jax import attention, rope
 
 Array = jnp.ndarray
 KVCache = dict[str, Array]
 
 LAYER_NORM_EPS = 1e-5  # PyTorch default, used by the official LayerNorm
 RMS_NORM_EPS = 1e-6
-NEG_INF = -1e30
+NEG_INF = attention.NEG_INF
 
 
 def dense_init(scale: float = 0.02):
@@ -61,8 +61,7 @@ def make_norm(norm_type: str, name: str, dtype=jnp.float32) -> nn.Module:
 
 def causal_mask(num_queries: int, num_keys: int) -> Array:
   """[Q, K] bool, query i sees keys j <= i + (K - Q) (the official tril with a prefix offset)."""
-  q = jnp.arange(num_queries)[:, None] + (num_keys - num_queries)
-  return jnp.arange(num_keys)[None, :] <= q
+  return attention.CausalMask().dense(num_queries, num_keys)
 
 
 def attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
@@ -89,13 +88,16 @@ class Attention(nn.Module):
   head_dim: int
   use_bias: bool = True
   dtype: Any = jnp.float32
+  block_size: int | None = None  # block-wise (flash) attention for longer sequences; None: dense
 
   @nn.compact
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
+  def __call__(self, x: Array, cos: Array, sin: Array, mask,
                cache: KVCache | None = None, cache_index: Array | int = 0):
     """x [B, M, W]; cos/sin [M, Dh] for these M positions.
 
-    Without a cache: attention among the M tokens under `mask` [M, M] (None = full).
+    Without a cache: attention among the M tokens under `mask` (a [M, M] / [B, M, M] bool array,
+    an `attention.PositionMask`, or None = full); with `block_size`, sequences longer than it
+    under a position mask use `attention.blockwise_attention` (same result, tiled memory).
     With a cache: K/V of the M tokens are written at `cache_index` and the queries attend to
     cache entries j <= cache_index + i (earlier entries hold the prefix). Returns (y, cache).
     """
@@ -117,7 +119,13 @@ class Attention(nn.Module):
       k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
       query_pos = cache_index + jnp.arange(q.shape[1])
       mask = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]
-    y = attend(q, k, v, mask)  # [B, M, H, Dh]
+    if isinstance(mask, attention.PositionMask) or (mask is None and cache is None):
+      if self.block_size and q.shape[1] > self.block_size:
+        y = attention.blockwise_attention(q, k, v, mask, self.block_size, self.block_size)
+      else:
+        y = attend(q, k, v, None if mask is None else mask.dense(q.shape[1], k.shape[1]))
+    else:
+      y = attend(q, k, v, mask)  # [B, M, H, Dh]
     y = nn.DenseGeneral(
         features=width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=jnp.float32, name="out",
@@ -164,13 +172,14 @@ class TransformerLayer(nn.Module):
   norm_type: str = "layer_norm"
   use_bias: bool = True
   dtype: Any = jnp.float32
+  attention_block_size: int | None = None
 
   @nn.compact
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
+  def __call__(self, x: Array, cos: Array, sin: Array, mask,
                cache: KVCache | None = None, cache_index: Array | int = 0):
     h = make_norm(self.norm_type, "attention_norm", self.dtype)(x)
     h, cache = Attention(self.num_heads, self.head_dim, self.use_bias, self.dtype,
-                         name="attention")(h, cos, sin, mask, cache, cache_index)
+                         self.attention_block_size, name="attention")(h, cos, sin, mask, cache, cache_index)
     x = x + h
     h = make_norm(self.norm_type, "mlp_norm", self.dtype)(x)
     x = x + MLP(self.mlp_hidden, self.use_bias, self.dtype, name="mlp")(h)
@@ -178,10 +187,12 @@ class TransformerLayer(nn.Module):
 
 
 def layer_class(remat: bool):
-  """TransformerLayer, rematerialised in the backward pass when `remat` (static args: mask)."""
+  """TransformerLayer, rematerialised in the backward pass when `remat`. Its mask argument is
+  then static: an `attention.PositionMask` or None (position masks, not arrays, are what the
+  flow blocks and the denoiser pass)."""
   if not remat:
     return TransformerLayer
-  return nn.remat(TransformerLayer, static_argnums=())
+  return nn.remat(TransformerLayer, static_argnums=(4,))  # self, x, cos, sin, mask
 
 
 def init_kv_cache(batch: int, length: int, num_heads: int, head_dim: int, num_layers: int,

@@ -50,7 +50,7 @@ def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
       txt_dim=config.txt_dim, num_classes=config.num_classes, soft_clip=config.soft_clip,
       use_softplus=config.use_softplus, use_final_norm=config.use_final_norm,
       norm_type=config.norm_type, use_bias=config.use_bias, expansion=config.expansion,
-      dtype=config.dtype, remat=config.remat)
+      dtype=config.dtype, remat=config.remat, attention_block_size=config.attention_block_size)
 
 
 def deep_block(config: ModelConfig) -> FlowBlock:
@@ -63,7 +63,8 @@ def deep_block(config: ModelConfig) -> FlowBlock:
       conditioning=config.conditioning, txt_dim=config.txt_dim, num_classes=config.num_classes,
       soft_clip=config.soft_clip, use_softplus=config.use_softplus,
       use_final_norm=config.use_final_norm, norm_type=config.norm_type, use_bias=config.use_bias,
-      expansion=config.expansion, dtype=config.dtype, remat=config.remat)
+      expansion=config.expansion, dtype=config.dtype, remat=config.remat,
+      attention_block_size=config.attention_block_size)
 
 
 def denoiser(config: ModelConfig) -> Denoiser:
@@ -74,7 +75,7 @@ def denoiser(config: ModelConfig) -> Denoiser:
       num_classes=config.num_classes, lookahead=config.temporal_causal,
       window=config.denoiser_window, use_final_norm=config.use_final_norm,
       norm_type=config.norm_type, use_bias=config.use_bias, expansion=config.expansion,
-      dtype=config.dtype, remat=config.remat)
+      dtype=config.dtype, remat=config.remat, attention_block_size=config.attention_block_size)
 
 
 def shallow_grid(config: ModelConfig, grid: TokenGrid) -> TokenGrid:

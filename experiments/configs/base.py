@@ -17,7 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
       use_softplus=True, use_final_norm=True, soft_clip=4.0, seq_order="L2R", txt_size=0,
       txt_dim=0, cond_top_only=False, temporal_causal=0, shallow_block_local=False,
       learnable_self_denoiser=False, conditional_denoiser=False, denoiser_window=None,
-      denoiser_layers=8, num_classes=0, compute_dtype="float32", remat=False))
+      denoiser_layers=8, num_classes=0, compute_dtype="float32", remat=False,
+      attention_block_size=ml_collections.config_dict.placeholder(int)))
 
   # Built-in text encoder ('words' / 'bytes'), or 'none' (embeddings come with the data).
   # t5_path: a Hugging Face T5 / Flan-T5 directory whose frozen encoder embeds captions when
