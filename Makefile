@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -q -n 2 --durations=15
+PYTEST_ARGS ?= -q -n 2 --dist loadfile --durations=20
 DEMO_DIR ?= demo_output
 
 .PHONY: demo test venv clean

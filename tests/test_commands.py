@@ -13,6 +13,7 @@ COMMANDS = (
     "data_pipeline.preencode",
     "data_pipeline.prepare_tfds",
     "experiments.bench_data",
+    "experiments.bench_memory",
     "experiments.bench_sampling",
     "experiments.bench_train",
     "experiments.bench_wan_vae",

@@ -20,7 +20,10 @@ def get_config(arg: str = ""):
       top_block_channels=4096, num_blocks=6, layers_per_block=(2, 2, 2, 2, 2, 24), head_dim=64,
       txt_size=256, txt_dim=2048, cond_top_only=True, temporal_causal=2, shallow_block_local=True,
       learnable_self_denoiser=True, conditional_denoiser=True, denoiser_window=10,
-      soft_clip=4.0, compute_dtype="bfloat16", remat=True)
+      soft_clip=4.0, compute_dtype="bfloat16", remat=True,
+      # Flash attention in tiles of 1024 tokens: a clip's dense logits (64 heads x 25,456^2
+      # positions, 166 GB per layer) fit no accelerator (BENCHMARKS.md, 7B and 3B on paper).
+      attention_block_size=1024)
   # Flan-T5-XL embeddings come with the pre-encoded data; the encoder itself (a local copy of
   # the Hugging Face google/flan-t5-xl directory) is read when pre-encoding and sampling.
   c.text.update(kind="none", t5_path="/data/hf/flan-t5-xl")
