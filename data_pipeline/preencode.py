@@ -121,7 +121,7 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
   else:
     embed_captions = None
   # Shards are numbered per process: process p writes shards [p * per_process, ...).
-  per_process = -(-(-(-total // (batch_size * processes)) * batch_size) // shard_size)
+  per_process = -(-pipeline.host_share(total, batch_size, 0, processes) // shard_size)  # host 0 has the most
   num_shards = per_process * processes
   written, shard, writer = 0, -1, None
   bar = tqdm.tqdm(total=mine, desc=f"encoding {split}", disable=not progress or process != 0)

@@ -99,6 +99,10 @@ def report(name: str) -> None:
   config = CONFIGS[name].get_config()
   print(f"{name} | activations {per_example:.2f} GiB per example per device, fixed temporaries "
         f"{fixed:.2f} GiB, train state {state_bytes / GIB:.1f} GiB in all", flush=True)
+  if not FLAGS.topology:
+    print(f"{name} | per-chip fit not derived from a CPU compile: XLA:CPU keeps the activations remat "
+          "would recompute (compile for an accelerator topology, --topology=v5p:4x4x8)", flush=True)
+    return
   for target, chips, hbm in TARGETS:
     state = state_bytes / GIB / chips
     room = hbm - state - fixed

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from absl.testing import absltest
 
+from data_pipeline import latents, preencode
 from experiments.configs import tiny_video
 from starflow_jax import checkpoint, metrics, sharding, train_loop
 from starflow_jax.sampling import VideoSampler, options_from_defaults
@@ -161,6 +162,24 @@ class MultiHostTest(absltest.TestCase):
     self.assertEqual(two_processes.shape, one_process.shape)
     # The batch split over 8 devices changes only the rounding of batched matmuls.
     np.testing.assert_allclose(two_processes, one_process, atol=1e-4)
+
+  def test_preencoding_on_two_processes_writes_the_one_process_latents(self):
+    tmp = self.create_tempdir().full_path
+    args = lambda out: ["-m", "data_pipeline.preencode", "--config=experiments/configs/tiny_video.py:micro",
+                        f"--out_dir={out}", "--num_examples=20", "--shard_size=4", "--batch_size=3"]
+    multiprocess.run(args(os.path.join(tmp, "two")) + ["--multihost"], 2, 2, extra_env=self.env)
+    preencode.preencode(tiny_video.get_config("micro"), os.path.join(tmp, "one"), num_examples=20,
+                        shard_size=4, batch_size=3, progress=False)  # this process alone
+    clips = []
+    for name in ("one", "two"):
+      source = latents.LatentSource(os.path.join(tmp, name))
+      self.assertEqual(latents.read_metadata(os.path.join(tmp, name))["splits"], {"train": 20})
+      clips.append(sorted((source[i]["caption"], source[i]["video"].tobytes()) for i in range(len(source))))
+      shards = sorted(f for f in os.listdir(os.path.join(tmp, name)) if f.endswith(".array_record"))
+      if name == "one":  # (several hosts number their shards in blocks; a block may end early)
+        self.assertEqual(shards, [f"train-{i:05d}-of-00005.array_record" for i in range(5)])
+    self.assertLen(clips[0], 20)
+    self.assertEqual(clips[0], clips[1])  # the same clips, encoded bit for bit alike
 
   def test_restart_with_another_model_is_refused_and_checkpoints_kept(self):
     workdir = os.path.join(self.create_tempdir().full_path, "run")

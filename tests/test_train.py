@@ -1,6 +1,7 @@
 """The train step: config validation, learning, skipped steps, first-frame drop."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl.testing import absltest
@@ -91,21 +92,33 @@ class StepTest(absltest.TestCase):
     self.assertLess(den[-1], 0.5 * den[0], den)
 
   def test_non_finite_and_oversized_steps_are_skipped(self):
-    for settings in (dict(noise_std=float("nan"), flow_score_matching=False),
-                     dict(grad_clip=1e-9, grad_skip_after=0, grad_skip=True)):
-      config = tiny_config(**settings)
-      if settings.get("flow_score_matching") is False:
-        config.model.update(learnable_self_denoiser=False)
-      trainer = Trainer(config, self.mesh)
-      state = trainer.init_state(0)
-      before = jax.device_get(state.params)
-      opt_before = jax.device_get(state.opt_state)
-      state, m = trainer.step(state, make_batch(config, self.mesh))
-      self.assertEqual(int(m["skipped"]), 1, settings)
-      self.assertEqual(int(state.skipped_steps), 1)
-      self.assertEqual(int(state.step), 1)
-      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params), before)
-      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.opt_state), opt_before)
+    """guarded_update on gradients with a NaN, and on finite ones above the clip with the official
+    grad skip on: params, optimizer state and EMA untouched, the step counted; a normal update
+    changes them."""
+    config = tiny_config(grad_clip=1.0, grad_skip_after=0, grad_skip=True, ema_decay=0.9)
+    trainer = Trainer(config, self.mesh)
+    state = trainer.init_state(0)
+    grads = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 0.01, p.dtype), state.params)
+    stats = {k: jnp.float32(0.5) for k in ("loss", "loss_z", "loss_logdet", "denoiser_loss", "score_square")}
+    update = jax.jit(lambda state, grads, stats: train.guarded_update(trainer.modules, trainer.settings,
+                                                                      state, grads, stats))
+    scaled = lambda factor: jax.tree_util.tree_map(lambda g: g * factor / (1.0 + float(train._global_norm(grads))), grads)
+    poisoned = jax.tree_util.tree_map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan) if g.size else g, scaled(0.5))
+    before = jax.device_get(state)
+    for name, g, st in (("non-finite gradient", poisoned, stats),
+                        ("non-finite loss", scaled(0.5), {**stats, "loss": jnp.float32(jnp.nan)}),
+                        ("above the clip", scaled(1e3), stats)):
+      new_state, metrics = update(state, g, st)
+      self.assertEqual(int(metrics["skipped"]), 1, name)
+      self.assertEqual((int(new_state.step), int(new_state.skipped_steps)), (1, 1), name)
+      for field in ("params", "opt_state", "ema_params"):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(getattr(new_state, field)),
+                               getattr(before, field))
+    new_state, metrics = update(state, scaled(0.5), stats)  # under the clip: applied
+    self.assertEqual(int(metrics["skipped"]), 0)
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(new_state.params)),
+                                                         jax.tree_util.tree_leaves(before.params))]
+    self.assertTrue(any(changed))
 
   def test_first_frame_drop_variant(self):
     config = tiny_config(drop_first_frame=0.5)
@@ -131,35 +144,33 @@ def assert_gradients_close(test, got, want, rtol: float):
 class LargeBatchTest(absltest.TestCase):
   """Gradient accumulation, the parameters' EMA and remat."""
 
-  def setUp(self):
-    super().setUp()
-    self.mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    cls.big_batch = cls._gradients()[2]  # one batch of 8, plain layers
 
-  def _gradients(self, **changes):
+  @classmethod
+  def _gradients(cls, **changes):
     model = changes.pop("model", {})
     config = tiny_config(**changes)
     config.model.update(**model)
-    trainer = Trainer(config, self.mesh)
+    trainer = Trainer(config, cls.mesh)
     state = trainer.init_state(0)
-    return trainer, state, trainer.gradients(state, make_batch(config, self.mesh))
+    return trainer, state, trainer.gradients(state, make_batch(config, cls.mesh))
 
   def test_accumulated_microbatches_equal_the_big_batch(self):
-    _, _, (big, big_stats) = self._gradients()
-    trainer, state, (accumulated, stats) = self._gradients(grad_accum_steps=4)  # 4 microbatches of 2
+    big, big_stats = self.big_batch
+    _, _, (accumulated, stats) = self._gradients(grad_accum_steps=4)  # 4 microbatches of 2
     assert_gradients_close(self, accumulated, big, rtol=2e-5)
     for key in ("loss", "loss_z", "loss_logdet", "denoiser_loss", "score_square"):
       np.testing.assert_allclose(stats[key], big_stats[key], rtol=1e-5, err_msg=key)
-    # ... and the step built on it updates once with them.
-    state, metrics = trainer.step(state, make_batch(trainer.config, self.mesh))
-    self.assertEqual(int(state.step), 1)
-    np.testing.assert_allclose(metrics["loss"], big_stats["loss"], rtol=1e-5)
     with self.assertRaisesRegex(ValueError, "multiple of grad_accum_steps"):
       experiment.validate_experiment(tiny_config(grad_accum_steps=3), num_devices=1)
 
   def test_remat_changes_memory_not_gradients(self):
-    _, _, (plain, _) = self._gradients()
     trainer, state, (remat, _) = self._gradients(model={"remat": True})
-    assert_gradients_close(self, remat, plain, rtol=1e-6)
+    assert_gradients_close(self, remat, self.big_batch[0], rtol=1e-6)
     batch = make_batch(trainer.config, self.mesh)
     program = jax.make_jaxpr(lambda state, batch: train.accumulated_gradients(
         trainer.modules, trainer.settings, state.params,
@@ -167,31 +178,36 @@ class LargeBatchTest(absltest.TestCase):
     self.assertIn("remat", str(program))  # the layers really are rematerialised
 
   def test_ema_follows_the_parameters_is_checkpointed_and_exported(self):
+    """Three accumulated steps (2 microbatches each) with an EMA, saved and exported as
+    train_and_evaluate does it."""
     import os
     from starflow_jax import checkpoint, train_loop
-    from starflow_jax.train_checkpoint import TrainCheckpointer
+    from starflow_jax.train_checkpoint import TrainCheckpointer, export_model
     config = tiny_video.get_config("micro")
     config.mesh.update(shape=(1, 1, 1))
-    config.train.update(num_steps=3, warmup_steps=1, ema_decay=0.5, drop_first_frame=0.0)
-    config.checkpoint.update(every_steps=3)
+    config.train.update(num_steps=3, warmup_steps=1, ema_decay=0.5, drop_first_frame=0.0, grad_accum_steps=2)
     trainer = Trainer(config, self.mesh)
     state = trainer.init_state(0)
     expected = jax.device_get(state.params)
     for step in range(3):
-      state, _ = trainer.step(state, make_batch(config, self.mesh, seed=step))
+      state, metrics = trainer.step(state, make_batch(config, self.mesh, seed=step))
+      self.assertEqual(int(metrics["skipped"]), 0)
       expected = jax.tree_util.tree_map(lambda e, p: 0.5 * e + 0.5 * p, expected, jax.device_get(state.params))
-    assert_gradients_close(self, jax.device_get(state.ema_params), expected, rtol=1e-6)
-    workdir = self.create_tempdir().full_path
-    final = train_loop.train_and_evaluate(config, workdir)
-    ema = jax.device_get(final.ema_params)
+    ema = jax.device_get(state.ema_params)
+    assert_gradients_close(self, ema, expected, rtol=1e-6)
     self.assertFalse(all(np.array_equal(a, b) for a, b in zip(
-        jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(jax.device_get(final.params)))))
-    bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))  # the EMA is the model
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(bundle.params), ema["model"])
+        jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(jax.device_get(state.params)))))
+    workdir = self.create_tempdir().full_path
+    iterator = iter(train_loop.build_train_data(config, self.mesh))
     ckpt = TrainCheckpointer(workdir, 3, 2)
+    ckpt.save(3, state, iterator, config, force=True)
+    ckpt.wait()
     restored = ckpt.restore(3, trainer.abstract_state, iter(train_loop.build_train_data(config, self.mesh)))
     ckpt.close()
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(restored.ema_params), ema)
+    export_model(workdir, trainer.final_params(state), trainer.model_config, trainer.text_config)
+    bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))  # the EMA is the model
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(bundle.params), ema["model"])
 
 
 if __name__ == "__main__":
