@@ -78,7 +78,7 @@ def mean_jacobi_iterations(bundle, cond, z, options, guidance):
   deep_cond = jnp.concatenate([cond, jnp.zeros_like(cond)]) if guidance > 0 else cond
   run = jax.jit(functools.partial(jacobi_inverse, deep, grid=grid, guidance=guidance, options=options,
                                   return_iterations=True))
-  _, iterations = run(bundle.params["deep_block"], z_tok.reshape(b, t * n, d), cond=deep_cond)
+  _, iterations = run(model_lib.deep_params(bundle.params), z_tok.reshape(b, t * n, d), cond=deep_cond)
   return float(np.mean(np.asarray(iterations))), int(np.asarray(iterations).size)
 
 

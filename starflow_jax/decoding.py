@@ -1,23 +1,25 @@
-"""Inverting the flow (noise -> data): token-by-token decoding with a KV cache, and the model-level
-inverse (deep block first, then the shallow blocks in reverse order) with classifier-free guidance.
+"""Inverting one flow block (noise -> tokens): the pieces every inverse is made of.
 
-Everything here is a pure function of (block, params, arrays); blocks, grids and sizes are static,
-so one compiled program serves every call of the same shape. The decoding loop is `lax.fori_loop`
-over tokens; the KV cache is explicit state carried through the loop.
+A block decoder carries a `DecodeState` (shifted token buffer, KV cache, position offset) through
+pure functions: `start_decoding` (the condition prefix), `prefill_tokens` (given tokens, e.g.
+conditioning frames, run forward into the cache), `decode_tokens` (a span of tokens one at a
+time; `jacobi.solve_run` is the parallel alternative), and `reencode_context` (a sliding window's
+fresh cache). `sequential_inverse` composes them for one block; `inverse.invert` composes the
+blocks of a model, and `sampling.VideoSampler` schedules the same pieces frame by frame.
+
+Blocks, grids and sizes are static, so one compiled program serves every call of the same shape;
+token loops are `lax.fori_loop`s with the KV cache as explicit state.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Protocol
+from typing import Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from starflow_jax import model as model_lib
 from starflow_jax import tokens
-from starflow_jax.config import ModelConfig
 from starflow_jax.flow import FlowBlock, affine_inverse, guided_affine
 from starflow_jax.rope import TokenGrid
 
@@ -27,13 +29,6 @@ Array = jnp.ndarray
 def call_block(block: FlowBlock, params, method: Callable, *args):
   """Applies a FlowBlock method with the block's own params subtree."""
   return block.apply({"params": params}, *args, method=method)
-
-
-def null_condition(config: ModelConfig, cond: Array) -> Array:
-  """The unconditional ("null") condition for guidance: zero embeddings, or label num_classes."""
-  if config.conditioning == "class":
-    return jnp.full_like(cond, config.num_classes)
-  return jnp.zeros_like(cond)
 
 
 @flax.struct.dataclass
@@ -67,6 +62,31 @@ def start_decoding(block: FlowBlock, params, z_perm: Array, grid: TokenGrid, con
   sos = call_block(block, params, FlowBlock.start_tokens, batch)
   return DecodeState(buffer=jnp.concatenate([sos, z_perm.astype(jnp.float32)], axis=1), cache=cache,
                      position_offset=jnp.zeros((), jnp.int32))
+
+
+def prefill_tokens(block: FlowBlock, params, state: DecodeState, given_perm: Array, grid: TokenGrid,
+                   cond_len: int) -> DecodeState:
+  """Writes given tokens [B, S', D] (block order) as tokens 0..S'-1 and runs them forward into
+  the cache: decoding then continues at token S' (conditioning frames of I2V / V2V)."""
+  reps = state.buffer.shape[0] // given_perm.shape[0]
+  given = jnp.concatenate([given_perm] * reps, 0).astype(jnp.float32)
+  buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, given, 1, axis=1)
+  inputs = buffer[:, : given.shape[1]]  # shifted: [sos, u_0 .. u_{S'-2}]
+  _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, state.cache, grid, cond_len)
+  return state.replace(buffer=buffer, cache=cache)
+
+
+def reencode_context(block: FlowBlock, params, state: DecodeState, cond: Array | None, start,
+                     context_tokens: int, grid: TokenGrid, cond_len: int) -> DecodeState:
+  """Sliding window: a fresh cache with the condition prefix and tokens [start - context_tokens,
+  start) re-encoded from the start token; token `start` then sits at position context_tokens."""
+  cache = jax.tree_util.tree_map(jnp.zeros_like, state.cache)
+  if cond_len:
+    cache = call_block(block, params, FlowBlock.prefill_condition, cond, cache, grid)
+  context = jax.lax.dynamic_slice_in_dim(state.buffer, start + 1 - context_tokens, context_tokens, axis=1)
+  inputs = jnp.concatenate([state.buffer[:, :1], context[:, :-1]], axis=1)
+  _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, cache, grid, cond_len)
+  return state.replace(cache=cache, position_offset=jnp.asarray(start - context_tokens, jnp.int32))
 
 
 def affine_params(block: FlowBlock, params, inputs: Array, start, cache, grid: TokenGrid,
@@ -106,71 +126,35 @@ def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, f
 
 
 def sequential_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None = None,
-                       guidance: float = 0.0) -> Array:
+                       guidance: float = 0.0, given: Array | None = None) -> Array:
   """Inverts one flow block token by token: raster noise z [B, S, D] -> raster tokens [B, S, D].
 
   u_i = z_i * s_i + b_i with (s_i, b_i) from u_<i: one transformer step per token against the
   KV cache, in a `lax.fori_loop`. With guidance > 0, `cond` is [cond; null] (2B rows) and each
   token is decoded with the guided affine parameters, both halves continuing from it.
+  `given`: raster tokens [B, S', D] taken as tokens 0..S'-1 (whole frames), decoding the rest.
   """
   if block.num_layers == 0:
     return z
-  z_perm = tokens.permute(z, block.order, grid.tokens_per_frame)
+  state, z_perm, first, cond_len = begin_block(block, params, z, grid, cond, guidance, given)
+  state = decode_tokens(block, params, state, z_perm, first, z.shape[1] - first, grid, cond_len, guidance)
+  return end_block(block, state, z.shape[0], grid)
+
+
+def begin_block(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None,
+                guidance: float, given: Array | None) -> tuple[DecodeState, Array, int, int]:
+  """(state, z in block order, first token to decode, condition length) for inverting a block on
+  raster noise z [B, S, D], with `given` raster tokens [B, S', D] prefilled when not None."""
+  frame_len = grid.tokens_per_frame
+  z_perm = tokens.permute(z, block.order, frame_len).astype(jnp.float32)
   state = start_decoding(block, params, z_perm, grid, cond, guidance > 0)
   cond_len = call_block(block, params, FlowBlock.cond_len, cond)
-  state = decode_tokens(block, params, state, z_perm, 0, z.shape[1], grid, cond_len, guidance)
-  x = state.buffer[: z.shape[0], 1:]
-  return tokens.unpermute(x, block.order, grid.tokens_per_frame)
+  if given is None:
+    return state, z_perm, 0, cond_len
+  state = prefill_tokens(block, params, state, tokens.permute(given, block.order, frame_len), grid, cond_len)
+  return state, z_perm, given.shape[1], cond_len
 
 
-class BlockInverse(Protocol):
-  def __call__(self, block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None,
-               guidance: float) -> Array: ...
-
-
-def inverse(config: ModelConfig, params, z: Array, cond: Array | None = None, *,
-            guidance: float = 0.0, null_cond: Array | None = None,
-            block_inverse: BlockInverse = sequential_inverse,
-            return_intermediates: bool = False):
-  """Noise z (latent layout [B, H, W, C] or [B, T, H, W, C]) -> latents x, inverting every block.
-
-  Deep block first (guided when guidance > 0, with `null_cond` or the default null condition),
-  then the shallow blocks in reverse order, per frame when they are frame-local; shallow blocks
-  are guided only when they are themselves conditioned (cond_top_only=False), as officially.
-  Jit it with `config`, `guidance` and `block_inverse` static.
-  """
-  video, is_image = tokens.as_video(z)
-  z_tok, grid = tokens.patchify(video, config.patch_size)  # [B, T, N, D]
-  b, t, n, d = z_tok.shape
-  guided = guidance > 0 and cond is not None
-  deep_cond = cond
-  if guided:
-    null = null_condition(config, cond) if null_cond is None else null_cond
-    deep_cond = jnp.concatenate([cond, null], axis=0)
-  deep = model_lib.deep_block(config)
-  h = block_inverse(deep, params["deep_block"], z_tok.reshape(b, t * n, d), grid, deep_cond,
-                    guidance if guided else 0.0)
-  h = h.reshape(b, t, n, d)
-  intermediates = [h]
-  s_grid = model_lib.shallow_grid(config, grid)
-  shallow_guided = guided and not config.cond_top_only
-  shallow_cond = None if config.cond_top_only else (deep_cond if shallow_guided else cond)
-  for i in reversed(range(config.num_blocks - 1)):
-    block = model_lib.shallow_block(config, i)
-    h_in = model_lib.to_shallow_batch(config, h)
-    h = block_inverse(block, params.get(f"shallow_block_{i}"), h_in, s_grid, shallow_cond,
-                      guidance if shallow_guided else 0.0)
-    h = h.reshape(b, t, n, d)
-    intermediates.append(h)
-  x = tokens.unpatchify(h, grid, config.patch_size)
-  x = x[:, 0] if is_image else x
-  if return_intermediates:
-    return x, intermediates
-  return x
-
-
-@functools.partial(jax.jit, static_argnames=("config", "guidance"))
-def sample_sequential(config: ModelConfig, params, z: Array, cond: Array | None = None,
-                      guidance: float = 0.0, null_cond: Array | None = None) -> Array:
-  """Compiled `inverse` with token-by-token decoding of every block."""
-  return inverse(config, params, z, cond, guidance=guidance, null_cond=null_cond)
+def end_block(block: FlowBlock, state: DecodeState, batch: int, grid: TokenGrid) -> Array:
+  """The decoded raster tokens [B, S, D] of a finished block."""
+  return tokens.unpermute(state.buffer[:batch, 1:], block.order, grid.tokens_per_frame)

@@ -21,15 +21,13 @@ iteration the cache holds K/V of that iteration's inputs, one iterate behind the
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from starflow_jax import decoding, tokens
-from starflow_jax.config import ModelConfig
-from starflow_jax.decoding import DecodeState, affine_params, call_block, start_decoding, write_tokens
+from starflow_jax import decoding
+from starflow_jax.decoding import DecodeState, affine_params, write_tokens
 from starflow_jax.errors import UserError
 from starflow_jax.flow import FlowBlock, affine_inverse
 from starflow_jax.rope import TokenGrid
@@ -157,44 +155,68 @@ def solve_run(block: FlowBlock, params, state: DecodeState, z_perm: Array, first
   return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((count,), jnp.int32)))
 
 
+def decode_span(block: FlowBlock, params, state: DecodeState, z_perm: Array, first: Array, size: int,
+                count: int, grid: TokenGrid, cond_len: int, guidance: float,
+                options: JacobiOptions | None) -> tuple[DecodeState, Array]:
+  """Tokens [first, first + size * count) of a block: one at a time when `options` is None
+  (size 1), else `count` Jacobi blocks of `size`. Returns the state and the iterations of each
+  Jacobi block ([count]; ones for token-by-token decoding)."""
+  if options is None:
+    state = decoding.decode_tokens(block, params, state, z_perm, first, size * count, grid, cond_len, guidance)
+    return state, jnp.ones((size * count,), jnp.int32)
+  return solve_run(block, params, state, z_perm, first, size, count, grid, cond_len, guidance, options)
+
+
+def span_calls(start: int, end: int, frame_len: int, options: JacobiOptions | None,
+               per_frame: bool = False) -> list[tuple[int, int, int]]:
+  """The `decode_span` calls (first token, size, count) that decode tokens [start, end):
+  token by token (options None) or the Jacobi schedule, whole or cut into calls of about one
+  frame each (`per_frame`: what a frame-by-frame scheduler runs)."""
+  if options is None:
+    if not per_frame:
+      return [(start, 1, end - start)] if end > start else []
+    calls, a = [], start
+    while a < end:
+      count = min(frame_len - a % frame_len, end - a)
+      calls.append((a, 1, count))
+      a += count
+    return calls
+  runs = group_runs(block_schedule(start, end, frame_len, options))
+  if not per_frame:
+    return runs
+  return [call for first, size, count in runs
+          for call in _split_run(first, size, count, max(1, frame_len // size))]
+
+
+def _split_run(first: int, size: int, count: int, per_call: int) -> list[tuple[int, int, int]]:
+  """Splits `count` blocks into calls of `per_call` blocks (the last may be shorter)."""
+  calls = []
+  while count > 0:
+    c = min(per_call, count)
+    calls.append((first, size, c))
+    first += size * c
+    count -= c
+  return calls
+
+
 def jacobi_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None = None,
-                   guidance: float = 0.0, options: JacobiOptions = JacobiOptions(),
-                   return_iterations: bool = False):
+                   guidance: float = 0.0, given: Array | None = None,
+                   options: JacobiOptions = JacobiOptions(), return_iterations: bool = False):
   """Inverts one flow block by block-wise Jacobi: raster noise z [B, S, D] -> raster tokens.
 
-  Same contract as `decoding.sequential_inverse` (cond is [cond; null] when guidance > 0).
-  With return_iterations, also returns the iterations of every Jacobi block (int32 [num_blocks]).
+  Same contract as `decoding.sequential_inverse` (cond is [cond; null] when guidance > 0; `given`
+  raster tokens are kept). With return_iterations, also returns the iterations of every Jacobi
+  block (int32 [num_blocks]).
   """
   if block.num_layers == 0:
     return (z, jnp.zeros((0,), jnp.int32)) if return_iterations else z
-  z_perm = tokens.permute(z, block.order, grid.tokens_per_frame).astype(jnp.float32)
-  state = start_decoding(block, params, z_perm, grid, cond, guidance > 0)
-  cond_len = call_block(block, params, FlowBlock.cond_len, cond)
-  iterations = []
-  schedule = block_schedule(0, z.shape[1], grid.tokens_per_frame, options)
-  for first, size, count in group_runs(schedule):
-    state, its = solve_run(block, params, state, z_perm, jnp.int32(first), size, count, grid,
+  state, z_perm, first, cond_len = decoding.begin_block(block, params, z, grid, cond, guidance, given)
+  iterations = [jnp.zeros((0,), jnp.int32)]
+  for start, size, count in span_calls(first, z.shape[1], grid.tokens_per_frame, options):
+    state, its = solve_run(block, params, state, z_perm, jnp.int32(start), size, count, grid,
                            cond_len, guidance, options)
     iterations.append(its)
-  x = tokens.unpermute(state.buffer[: z.shape[0], 1:], block.order, grid.tokens_per_frame)
+  x = decoding.end_block(block, state, z.shape[0], grid)
   if return_iterations:
     return x, jnp.concatenate(iterations)
   return x
-
-
-@functools.partial(jax.jit, static_argnames=("config", "guidance", "block_size", "threshold",
-                                             "max_iter", "later_block_size", "video_init",
-                                             "reference_compatible"))
-def sample_jacobi(config: ModelConfig, params, z: Array, cond: Array | None = None, *,
-                  guidance: float = 0.0, null_cond: Array | None = None, block_size: int = 64,
-                  threshold: float = 1e-3, max_iter: int = 32, later_block_size: int | None = None,
-                  video_init: bool = True, reference_compatible: bool | None = None) -> Array:
-  """Compiled model inverse with Jacobi decoding of every block (the official `jacobi=True`).
-
-  reference_compatible defaults to True here so results match the official sampler.
-  """
-  options = JacobiOptions(block_size=block_size, later_block_size=later_block_size,
-                          threshold=threshold, max_iter=max_iter, video_init=video_init,
-                          reference_compatible=True if reference_compatible is None else reference_compatible)
-  return decoding.inverse(config, params, z, cond, guidance=guidance, null_cond=null_cond,
-                          block_inverse=functools.partial(jacobi_inverse, options=options))

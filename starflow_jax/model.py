@@ -24,6 +24,73 @@ from starflow_jax.rope import TokenGrid
 
 Array = jnp.ndarray
 
+# The parameter tree's top-level keys: named here only (use the accessors below elsewhere).
+DEEP_BLOCK = "deep_block"
+DENOISER = "denoiser"
+_SHALLOW_BLOCK = "shallow_block_{}"
+
+
+def shallow_block_key(index: int) -> str:
+  """The parameter key of shallow block `index` (0-based, forward order)."""
+  return _SHALLOW_BLOCK.format(index)
+
+
+def deep_params(params):
+  """The deep block's parameters."""
+  return params[DEEP_BLOCK]
+
+
+def shallow_params(params, index: int):
+  """Shallow block `index`'s parameters (None for a block without layers)."""
+  return params.get(shallow_block_key(index))
+
+
+def denoiser_params(params):
+  """The denoiser's parameters."""
+  return params[DENOISER]
+
+
+def with_denoiser_params(params, denoiser):
+  """A shallow copy of `params` with the denoiser's parameters replaced."""
+  return {**params, DENOISER: denoiser}
+
+
+def has_denoiser(params) -> bool:
+  return DENOISER in params
+
+
+def split_denoiser_params(params):
+  """(params without the denoiser, the denoiser's params or None)."""
+  rest = dict(params)
+  return rest, rest.pop(DENOISER, None)
+
+
+def is_denoiser_path(path) -> bool:
+  """Whether a key path of the model's parameters (or of a tree holding them) is the denoiser's."""
+  return any(getattr(k, "key", getattr(k, "name", None)) == DENOISER for k in path)
+
+
+def block_key_kind(key: str) -> tuple[str, int | None]:
+  """('deep', None), ('denoiser', None) or ('shallow', index) for a top-level parameter key."""
+  if key == DEEP_BLOCK:
+    return "deep", None
+  if key == DENOISER:
+    return "denoiser", None
+  prefix = _SHALLOW_BLOCK.format("")
+  if key.startswith(prefix) and key[len(prefix):].isdigit():
+    return "shallow", int(key[len(prefix):])
+  raise ValueError(f"unexpected top-level parameter group {key!r}")
+
+
+def null_condition(config: ModelConfig, cond: Array) -> Array:
+  """The one unconditional ("null") condition rule when none is given: label `num_classes` for
+  class models; for text models, zeros of the condition's shape. Text models trained with a
+  text encoder have their own null (the encoding of the empty prompt): the sampler and the model
+  directory pass it explicitly (`null_cond`), and this default is used only without one."""
+  if config.conditioning == "class":
+    return jnp.full_like(cond, config.num_classes)
+  return jnp.zeros_like(cond)
+
 
 @flax.struct.dataclass
 class FlowOutput:
@@ -67,6 +134,11 @@ def deep_block(config: ModelConfig) -> FlowBlock:
       attention_block_size=config.attention_block_size)
 
 
+def shallow_blocks(config: ModelConfig) -> tuple[FlowBlock, ...]:
+  """The shallow blocks in forward order."""
+  return tuple(shallow_block(config, i) for i in range(config.num_blocks - 1))
+
+
 def denoiser(config: ModelConfig) -> Denoiser:
   return Denoiser(
       token_dim=config.token_dim, width=config.channels, num_layers=config.denoiser_layers,
@@ -103,7 +175,8 @@ class StarFlow(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.shallow_block = [shallow_block(cfg, i) for i in range(cfg.num_blocks - 1)]
+    # These attribute names are the parameter keys above (shallow_block_{i}, deep_block, denoiser).
+    self.shallow_block = list(shallow_blocks(cfg))
     self.deep_block = deep_block(cfg)
     if cfg.learnable_self_denoiser:
       self.denoiser = denoiser(cfg)

@@ -33,12 +33,11 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from starflow_jax import decoding, distributed, jacobi, losses, model as model_lib, sharding, tokens
+from starflow_jax import decoding, distributed, inverse, jacobi, losses, model as model_lib, sharding, tokens
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.decoding import DecodeState
 from starflow_jax.errors import UserError
-from starflow_jax.flow import FlowBlock
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.model import StarFlow
 from starflow_jax.rope import TokenGrid
@@ -117,7 +116,6 @@ class VideoSampler:
     self.autoencoder = build_autoencoder(bundle.autoencoder_config, mesh=self.mesh)
     self.model = StarFlow(self.config)
     self.deep = model_lib.deep_block(self.config)
-    self.shallow = [model_lib.shallow_block(self.config, i) for i in range(self.config.num_blocks - 1)]
     self.text_encoder = TextEncoder(bundle.text_config) if bundle.text_config else None
     denoise = options.denoise
     if denoise == "auto":
@@ -127,21 +125,18 @@ class VideoSampler:
     if denoise in ("learned", "score") and options.noise_std <= 0:
       raise UserError(f"denoise={denoise!r} needs the training noise level: set noise_std > 0")
     self.denoise_mode = denoise
-    if options.method == "sequential":
-      self.block_inverse = decoding.sequential_inverse
-    else:
-      self.block_inverse = functools.partial(jacobi.jacobi_inverse, options=options.jacobi)
+    self.jacobi_options = None if options.method == "sequential" else options.jacobi
+    self.block_inverse = inverse.block_inverse_for(self.jacobi_options)
     # Compiled pieces: one compile per distinct static shape, reused for every frame and window.
     # Parameters are arguments (never compile-time constants), so `set_params` reuses them all.
     self._encode_text = jax.jit(self._encode_text_impl)
-    self._start = jax.jit(self._start_impl, static_argnums=(3,))
+    self._start = jax.jit(self._start_impl, static_argnums=(3, 4))
     self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,), donate_argnums=(1,))
-    self._run = jax.jit(self._run_impl, static_argnums=(4, 5, 6), donate_argnums=(1,))
+    self._run = jax.jit(self._run_impl, static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
     self._reencode = jax.jit(self._reencode_impl, static_argnums=(4, 5), donate_argnums=(1,))
     self._frame_tokens = jax.jit(self._frame_tokens_impl, static_argnums=(2, 3))
-    self._shallow_frame = jax.jit(self._shallow_frame_impl, static_argnums=(2,))
-    self._shallow_clip = jax.jit(self._shallow_clip_impl, static_argnums=(3,))
-    self._forward = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c))
+    self._shallow = jax.jit(self._shallow_impl, static_argnums=(3, 4))
+    self._prefix_tokens = jax.jit(functools.partial(inverse.prefix_tokens, self.config))
     self._denoiser = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c, method=StarFlow.denoise))
     self._score_step = jax.jit(self._score_step_impl)
     self._take_frames = jax.jit(lambda x, start, count: jax.lax.dynamic_slice_in_dim(x, start, count, axis=1),
@@ -187,7 +182,7 @@ class VideoSampler:
   def compiled_functions(self) -> list:
     """The jitted functions (their cache sizes count compilations)."""
     return [self._encode_text, self._start, self._prefill, self._run, self._reencode,
-            self._frame_tokens, self._shallow_frame, self._shallow_clip, self._forward,
+            self._frame_tokens, self._shallow, self._prefix_tokens,
             self._denoiser, self._score_step, self._take_frames, self._merge_frames]
 
   # ------------------------------------------------------------------ conditions
@@ -279,38 +274,37 @@ class VideoSampler:
   # ------------------------------------------------------------------ flow inverse
   def sample_latents(self, z: Array, cond: Array | None, null_cond: Array | None,
                      prefix: Array | None = None) -> Array:
-    """Inverts the flow: noise z [B, T, H, W, C] -> noisy latents x~ (prefix frames kept)."""
+    """Inverts the flow: noise z [B, T, H, W, C] -> noisy latents x~ (prefix frames kept).
+
+    `inverse.invert`, scheduled frame by frame over the same pieces (`decoding`, `jacobi`,
+    `inverse.shallow_inverse`): the deep block in compiled calls of about one frame, windows
+    slid on the host, a frame's shallow inverses as soon as it is done."""
     cfg = self.config
     z_tok, grid = tokens.patchify(z, cfg.patch_size)  # [B, T, N, D]
-    b, t, n, d = z_tok.shape
-    guided = self.options.guidance > 0 and cond is not None
-    deep_cond = cond
-    if guided:
-      null = decoding.null_condition(cfg, cond) if null_cond is None else null_cond
-      deep_cond = jnp.concatenate([cond, null], axis=0)
+    deep_cond, guidance = inverse.guided_condition(cfg, cond, null_cond, self.options.guidance)
     prefix_tok = None
     if prefix is not None:
-      prefix_tok = self._forward(self.params, prefix, cond).outputs[-2]  # deep-block inputs [B, Tp, N, D]
+      prefix_tok = self._prefix_tokens(self.params, prefix, cond)  # deep-block inputs [B, Tp, N, D]
     frame_grid = TokenGrid(1, grid.height, grid.width)
     # Frame-by-frame shallow decoding changes Jacobi's batch-wide stop statistic, so the
     # reference-compatible mode decodes the whole clip at once, as the official sampler does.
     pipelined = cfg.shallow_block_local and not (
-        self.options.method == "jacobi" and self.options.jacobi.reference_compatible)
-    if pipelined:
-      frames: list = [None] * t
+        self.jacobi_options is not None and self.jacobi_options.reference_compatible)
+    if pipelined:  # (frame-local shallow blocks are unconditioned: config validation)
+      frames: list = [None] * z_tok.shape[1]
       def on_frame(f, deep_tokens):  # pipelined: a frame's shallow inverses as soon as it is done
-        frames[f] = self._shallow_frame(self.params, deep_tokens, frame_grid)
-      self._deep_inverse(z_tok, grid, deep_cond, prefix_tok, on_frame)
-      h = jnp.stack(frames, axis=1)
+        frames[f] = self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0)
+      self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, on_frame)
+      h = jnp.concatenate(frames, axis=1)
     else:
-      h = self._deep_inverse(z_tok, grid, deep_cond, prefix_tok, None)
-      h = self._shallow_clip(self.params, h, cond, grid)
+      h = self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, None)
+      h = self._shallow(self.params, h, deep_cond, grid, guidance)
     x = tokens.unpatchify(h, grid, cfg.patch_size)
     if prefix is not None:
       x = x.at[:, : prefix.shape[1]].set(prefix)
     return x
 
-  def _deep_inverse(self, z_tok, grid, cond, prefix_tok, on_frame):
+  def _deep_inverse(self, z_tok, grid, cond, guidance: float, prefix_tok, on_frame):
     """Host loop over frames of the deep block's inverse; returns raster tokens [B, T, N, D]."""
     b, t, n, d = z_tok.shape
     s_total = t * n
@@ -319,7 +313,7 @@ class VideoSampler:
     window_grid = TokenGrid(window, grid.height, grid.width)
     z_perm = tokens.permute(z_tok.reshape(b, s_total, d), self.deep.order, n)
     params = self.params
-    state = self._start(params, z_perm, cond, window_grid)
+    state = self._start(params, z_perm, cond, window_grid, guidance)
     start = 0
     if prefix_tok is not None:
       p_perm = tokens.permute(prefix_tok.reshape(b, -1, d), self.deep.order, n)
@@ -336,8 +330,8 @@ class VideoSampler:
     bar = tqdm.tqdm(total=t, initial=done, desc="deep block", unit="frame",
                     disable=not self.options.progress or not distributed.is_primary(), leave=False)
     while True:
-      for first, size, count in self._calls(start, target, n):
-        state = self._run(params, state, z_perm, np.int32(first), size, count, window_grid)
+      for first, size, count in jacobi.span_calls(start, target, n, self.jacobi_options, per_frame=True):
+        state = self._run(params, state, z_perm, np.int32(first), size, count, window_grid, guidance)
         start = first + size * count
         for f in range(done, start // n):
           if on_frame is not None:
@@ -349,79 +343,33 @@ class VideoSampler:
       target = min(target + (window - context) * n, s_total)
       state = self._reencode(params, state, cond, np.int32(start), context * n, window_grid)
     bar.close()
-    return tokens.unpermute(state.buffer[:b, 1:], self.deep.order, n).reshape(b, t, n, d)
-
-  def _calls(self, start: int, end: int, frame_len: int) -> list[tuple[int, int, int]]:
-    """Compiled calls of about one frame each: (first token, block size, number of blocks)."""
-    if self.options.method == "sequential":
-      calls, a = [], start
-      while a < end:
-        count = min(frame_len - a % frame_len, end - a)
-        calls.append((a, 1, count))
-        a += count
-      return calls
-    schedule = jacobi.block_schedule(start, end, frame_len, self.options.jacobi)
-    return [run for first, size, count in jacobi.group_runs(schedule)
-            for run in _split_run(first, size, count, max(1, frame_len // size))]
+    return decoding.end_block(self.deep, state, b, TokenGrid(t, grid.height, grid.width)).reshape(b, t, n, d)
 
   # ------------------------------------------------------------------ compiled implementations
-  def _start_impl(self, params, z_perm, cond, grid):
-    guided = cond is not None and self.options.guidance > 0 and cond.shape[0] == 2 * z_perm.shape[0]
-    return decoding.start_decoding(self.deep, params["deep_block"], z_perm, grid, cond, guided)
+  def _start_impl(self, params, z_perm, cond, grid, guidance):
+    return decoding.start_decoding(self.deep, model_lib.deep_params(params), z_perm, grid, cond, guidance > 0)
 
   def _prefill_impl(self, params, state: DecodeState, p_perm, grid):
-    """Writes given deep-block tokens and fills the cache by running them forward."""
-    reps = state.buffer.shape[0] // p_perm.shape[0]
-    p = jnp.concatenate([p_perm] * reps, 0).astype(jnp.float32)
-    buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, p, 1, axis=1)
-    inputs = buffer[:, : p.shape[1]]  # shifted: [sos, u_0 .. u_{S'-2}]
-    _, _, cache = decoding.call_block(self.deep, params["deep_block"], FlowBlock.decode_step,
-                                      inputs, 0, state.cache, grid, self.config.cond_len)
-    return state.replace(buffer=buffer, cache=cache)
+    return decoding.prefill_tokens(self.deep, model_lib.deep_params(params), state, p_perm, grid,
+                                   self.config.cond_len)
 
-  def _run_impl(self, params, state, z_perm, first, size, count, grid):
-    deep_params, cond_len, guidance = params["deep_block"], self.config.cond_len, self.options.guidance
-    if self.options.method == "sequential":
-      return decoding.decode_tokens(self.deep, deep_params, state, z_perm, first, count, grid,
-                                    cond_len, guidance)
-    state, _ = jacobi.solve_run(self.deep, deep_params, state, z_perm.astype(jnp.float32), first,
-                                size, count, grid, cond_len, guidance, self.options.jacobi)
+  def _run_impl(self, params, state, z_perm, first, size, count, grid, guidance):
+    state, _ = jacobi.decode_span(self.deep, model_lib.deep_params(params), state, z_perm.astype(jnp.float32),
+                                  first, size, count, grid, self.config.cond_len, guidance,
+                                  self.jacobi_options)
     return state
 
   def _reencode_impl(self, params, state: DecodeState, cond, start, context_tokens: int, grid):
-    """Sliding window: a fresh cache with the condition prefix and the last `context_tokens`
-    tokens re-encoded from the start token; later tokens continue at position context_tokens."""
-    deep_params = params["deep_block"]
-    cache = jax.tree_util.tree_map(jnp.zeros_like, state.cache)
-    if self.config.cond_len:
-      cache = decoding.call_block(self.deep, deep_params, FlowBlock.prefill_condition, cond, cache, grid)
-    context = jax.lax.dynamic_slice_in_dim(state.buffer, start + 1 - context_tokens, context_tokens, axis=1)
-    inputs = jnp.concatenate([state.buffer[:, :1], context[:, :-1]], axis=1)
-    _, _, cache = decoding.call_block(self.deep, deep_params, FlowBlock.decode_step, inputs, 0,
-                                      cache, grid, self.config.cond_len)
-    return state.replace(cache=cache, position_offset=(start - context_tokens).astype(jnp.int32))
+    return decoding.reencode_context(self.deep, model_lib.deep_params(params), state, cond, start,
+                                     context_tokens, grid, self.config.cond_len)
 
   def _frame_tokens_impl(self, buffer, frame, n: int, batch: int):
     """Raster tokens [B, N, D] of a finished frame (the deep block's orders are per frame)."""
     x = jax.lax.dynamic_slice_in_dim(buffer[:batch], 1 + frame * n, n, axis=1)
     return tokens.unpermute(x, self.deep.order, n)
 
-  def _shallow_frame_impl(self, params, frame_tokens, frame_grid):
-    h = frame_tokens  # [B, N, D]
-    for i, block in reversed(list(enumerate(self.shallow))):
-      h = self.block_inverse(block, params.get(f"shallow_block_{i}"), h, frame_grid, None, 0.0)
-    return h
-
-  def _shallow_clip_impl(self, params, h, cond, grid):
-    cfg = self.config
-    b, t, n, d = h.shape
-    s_grid = model_lib.shallow_grid(cfg, grid)
-    shallow_cond = None if cfg.cond_top_only else cond
-    for i, block in reversed(list(enumerate(self.shallow))):
-      h = self.block_inverse(block, params.get(f"shallow_block_{i}"), model_lib.to_shallow_batch(cfg, h),
-                             s_grid, shallow_cond, 0.0)
-      h = h.reshape(b, t, n, d)
-    return h
+  def _shallow_impl(self, params, h, deep_cond, grid, guidance):
+    return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, self.block_inverse)
 
   def _score_step_impl(self, params, x, cond, sigma):
     def total_nll(x):
@@ -484,14 +432,3 @@ def _merge_frames(out: Array, chunk: Array, start, keep) -> Array:
   placed = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(out), chunk, start, axis=1)
   frame = jnp.arange(out.shape[1]).reshape((1, -1) + (1,) * (out.ndim - 2))
   return jnp.where((frame >= keep) & (frame < start + chunk.shape[1]), placed, out)
-
-
-def _split_run(first: int, size: int, count: int, per_call: int) -> list[tuple[int, int, int]]:
-  """Splits `count` blocks into calls of `per_call` blocks (the last may be shorter)."""
-  calls = []
-  while count > 0:
-    c = min(per_call, count)
-    calls.append((first, size, c))
-    first += size * c
-    count -= c
-  return calls

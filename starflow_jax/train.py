@@ -32,7 +32,7 @@ import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from starflow_jax import experiment, losses, sharding
+from starflow_jax import experiment, losses, model as model_lib, sharding
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.config import ModelConfig
 from starflow_jax.model import StarFlow, example_condition, example_latents
@@ -122,8 +122,7 @@ def dequantised_pixels(settings: StepSettings, rng: Array, step: Array, video: A
 def _label_fn(params):
   """Optimizer group of every parameter: 'denoiser' for the denoiser network, else 'flow'."""
   def label(path, _):
-    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    return "denoiser" if "denoiser" in keys else "flow"
+    return "denoiser" if model_lib.is_denoiser_path(path) else "flow"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -152,8 +151,7 @@ def flow_score_target(x_grad: Array, noise_std: float) -> Array:
 
 
 def _split_denoiser(tree):
-  model = dict(tree["model"])
-  denoiser = model.pop("denoiser", None)
+  model, denoiser = model_lib.split_denoiser_params(tree["model"])
   return {**tree, "model": model}, denoiser
 
 
@@ -254,15 +252,17 @@ def batch_gradients(modules: StepModules, settings: StepSettings, params, x_nois
     cond = jax.lax.stop_gradient(aux["cond"])
 
     def denoiser_objective(denoiser_params):
-      model_params = {**params["model"], "denoiser": denoiser_params}
+      model_params = model_lib.with_denoiser_params(params["model"], denoiser_params)
       pred = modules.model.apply({"params": model_params}, x_noisy, cond, method=StarFlow.denoise)
       return jnp.mean(jnp.square(pred - target))
 
-    stats["denoiser_loss"], grads["model"]["denoiser"] = jax.value_and_grad(denoiser_objective)(
-        params["model"]["denoiser"])
+    stats["denoiser_loss"], denoiser_grads = jax.value_and_grad(denoiser_objective)(
+        model_lib.denoiser_params(params["model"]))
+    grads["model"] = model_lib.with_denoiser_params(grads["model"], denoiser_grads)
     stats["score_square"] = jnp.mean(jnp.square(target))
-  elif "denoiser" in params["model"]:
-    grads["model"]["denoiser"] = jax.tree_util.tree_map(jnp.zeros_like, params["model"]["denoiser"])
+  elif model_lib.has_denoiser(params["model"]):
+    grads["model"] = model_lib.with_denoiser_params(
+        grads["model"], jax.tree_util.tree_map(jnp.zeros_like, model_lib.denoiser_params(params["model"])))
   return grads, stats
 
 
@@ -316,7 +316,7 @@ def guarded_update(modules: StepModules, settings: StepSettings, state: TrainSta
     finite &= jnp.isfinite(stats["denoiser_loss"]) & jnp.isfinite(den_norm)
     too_large |= den_norm > settings.grad_clip
   if denoiser_grads is not None:
-    clipped["model"]["denoiser"] = denoiser_grads
+    clipped["model"] = model_lib.with_denoiser_params(clipped["model"], denoiser_grads)
   skip = ~finite
   if settings.grad_skip and settings.grad_clip > 0:
     skip |= too_large & (state.step >= settings.grad_skip_after)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from starflow_jax import decoding, model as model_lib, tokens
+from starflow_jax import inverse, model as model_lib, tokens
 from starflow_jax.flow import guided_affine
 from starflow_jax.model import StarFlow
 from starflow_jax.rope import TokenGrid
@@ -35,7 +35,7 @@ class RoundTripTest(parameterized.TestCase):
     x, cond = _inputs(config)
     out = model_lib.forward(config, params, x, cond)
     chex.assert_shape(out.z, x.shape)
-    x_back = decoding.sample_sequential(config, params, out.z, cond)
+    x_back = inverse.sample_sequential(config, params, out.z, cond)
     chex.assert_trees_all_close(x_back, x, atol=1e-5)
     self.assertFalse(np.allclose(out.z, x, atol=1e-2), "perturbed blocks should not be the identity")
 
@@ -72,7 +72,7 @@ class CausalityTest(parameterized.TestCase):
     grid = TokenGrid(3, 2, 2)
     u = jax.random.normal(jax.random.PRNGKey(0), (1, grid.num_tokens, config.token_dim))
     cond = helpers.random_condition(config, 1)
-    apply = jax.jit(lambda u: block.apply({"params": params["deep_block"]}, u, grid, cond)[0])
+    apply = jax.jit(lambda u: block.apply({"params": model_lib.deep_params(params)}, u, grid, cond)[0])
     z = apply(u)
     z_perm = tokens.permute(z, block.order, grid.tokens_per_frame)
     u_perm = tokens.permute(u, block.order, grid.tokens_per_frame)

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from starflow_jax import decoding, jacobi, model as model_lib
+from starflow_jax import decoding, inverse, jacobi, model as model_lib
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.rope import TokenGrid
 from tests import helpers
@@ -41,10 +41,10 @@ class EquivalenceTest(parameterized.TestCase):
     params = helpers.random_params(config, std=0.1)
     z = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 4, 4, 2))
     cond = helpers.random_condition(config, 2)
-    seq = decoding.sample_sequential(config, params, z, cond, guidance=guidance)
+    seq = inverse.sample_sequential(config, params, z, cond, guidance=guidance)
     b = 2  # tokens per frame N = 4: blocks of 2, then 8 (crossing frames)
     # The official video-aware start needs one more iteration than the block size (see jacobi.py).
-    run = functools.partial(jacobi.sample_jacobi, config, params, z, cond, guidance=guidance,
+    run = functools.partial(inverse.sample_jacobi, config, params, z, cond, guidance=guidance,
                             block_size=b, threshold=0.0, reference_compatible=reference)
     out = run(max_iter=4 * b + extra_iters)
     # The iteration has reached its fixed point: more iterations change nothing, bit for bit.
@@ -62,12 +62,12 @@ class EquivalenceTest(parameterized.TestCase):
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def run(options):
-      return jacobi.jacobi_inverse(block, params["deep_block"], z, grid, options=options,
+      return jacobi.jacobi_inverse(block, model_lib.deep_params(params), z, grid, options=options,
                                    return_iterations=True)
 
     exact, its = run(JacobiOptions(block_size=4, threshold=0.0, max_iter=4))
     np.testing.assert_array_equal(its, [4, 4, 4, 4])
-    seq = jax.jit(lambda z: decoding.sequential_inverse(block, params["deep_block"], z, grid))(z)
+    seq = jax.jit(lambda z: decoding.sequential_inverse(block, model_lib.deep_params(params), z, grid))(z)
     np.testing.assert_allclose(exact, seq, atol=1e-5)
     loose, its = run(JacobiOptions(block_size=4, threshold=1e-2, max_iter=32))
     self.assertLess(int(np.sum(its)), 16, its)  # the stop rule ended some blocks early
@@ -93,13 +93,13 @@ class ShardedJacobiTest(absltest.TestCase):
       """The Jacobi model inverse and the iterations of every Jacobi block of every flow block."""
       iterations = []
 
-      def block_inverse(block, block_params, z, grid, cond, guidance):
-        x, its = jacobi.jacobi_inverse(block, block_params, z, grid, cond, guidance, options,
-                                       return_iterations=True)
+      def block_inverse(block, block_params, z, grid, cond, guidance, given=None):
+        x, its = jacobi.jacobi_inverse(block, block_params, z, grid, cond, guidance, given,
+                                       options=options, return_iterations=True)
         iterations.append(its)
         return x
 
-      return decoding.inverse(config, params, z, cond, guidance=1.5, block_inverse=block_inverse), iterations
+      return inverse.invert(config, params, z, cond, guidance=1.5, block_inverse=block_inverse), iterations
 
     single, single_its = sample(params, z, cond)
     batch = NamedSharding(sharding.make_mesh((8, 1, 1)), P("data"))

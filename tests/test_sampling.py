@@ -2,6 +2,7 @@
 6x-length generation with a sliding window, and no recompilation per frame or per window."""
 
 import contextlib
+import dataclasses
 import os
 
 import imageio.v3 as iio
@@ -14,7 +15,9 @@ from PIL import Image
 
 from experiments import sample as sample_cli
 from experiments.configs import tiny_video
-from starflow_jax import train_loop
+from starflow_jax import decoding, inverse, model as model_lib, tokens, train_loop
+from starflow_jax.checkpoint import ModelBundle
+from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 from tests import helpers
 
@@ -152,6 +155,77 @@ class SamplerTest(absltest.TestCase):
         denoise="none", window=3, context=2, progress=False))
     a, b = seq.sample_latents(z, self.cond, None), jac.sample_latents(z, self.cond, None)
     np.testing.assert_allclose(a, b, atol=4e-6 * float(jnp.abs(a).max()))
+
+
+class OneInverseTest(absltest.TestCase):
+  """The sampler schedules the pieces `inverse.invert` composes: on the same model, noise and
+  condition the two give the same latents, bit for bit (the same programs on the same shapes)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.bundle, cls.cond = helpers.golden_video_bundle()
+    cls.z = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 4))
+    cls.null = jnp.full_like(cls.cond, 0.1)  # a null condition that is not the default (zeros)
+
+  def _assert_sampler_equals_invert(self, bundle, cond, null, options: SamplingOptions, z, prefix=None):
+    sampler = VideoSampler(bundle, dataclasses.replace(options, denoise="none", progress=False))
+    block_inverse = inverse.block_inverse_for(sampler.jacobi_options)
+    invert = jax.jit(lambda p, z, c, n, x: inverse.invert(bundle.config, p, z, c, guidance=options.guidance,
+                                                          null_cond=n, block_inverse=block_inverse, prefix=x))
+    want = invert(bundle.params, z, cond, null, prefix)
+    got = sampler.sample_latents(z, cond, null, prefix)
+    np.testing.assert_array_equal(got, want)
+    return want
+
+  def test_golden_video_model(self):
+    jacobi_ours = JacobiOptions(block_size=4, threshold=0.0, max_iter=16)  # pipelined shallow blocks
+    jacobi_official = JacobiOptions(block_size=4, reference_compatible=True)  # whole-clip shallow blocks
+    for options, with_prefix in ((SamplingOptions(method="sequential", guidance=1.5), True),  # T2V, CFG, I2V
+                                 (SamplingOptions(method="jacobi", guidance=1.5, jacobi=jacobi_ours), False),
+                                 (SamplingOptions(method="jacobi", guidance=1.5, jacobi=jacobi_official), False)):
+      with self.subTest(method=options.method, jacobi=options.jacobi):
+        full = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null, options, self.z)
+        if with_prefix:  # image-to-video: the first frame given
+          continued = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null, options, self.z,
+                                                         prefix=full[:, :1])
+          np.testing.assert_array_equal(continued[:, :1], full[:, :1])
+
+  def test_conditioned_shallow_blocks_are_guided_as_officially(self):
+    """cond_top_only=False: every block sees the text, and with guidance every block, shallow
+    ones included, decodes [cond; null] with the guided affine parameters (official sample.py)."""
+    config = helpers.tiny_video_config(cond_top_only=False, shallow_block_local=False)
+    params = helpers.random_params(config, std=0.1)
+    bundle = ModelBundle(config, params)
+    cond = helpers.random_condition(config, 2)
+    null = helpers.random_condition(config, 2, seed=7)
+    z = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 4, 2))
+    got = self._assert_sampler_equals_invert(bundle, cond, null, SamplingOptions(method="sequential", guidance=2.0), z)
+
+    @jax.jit
+    def official_rule(params, z, cond, null):
+      z_tok, grid = tokens.patchify(z, config.patch_size)
+      b, t, n, d = z_tok.shape
+      both = jnp.concatenate([cond, null])
+      h = decoding.sequential_inverse(model_lib.deep_block(config), model_lib.deep_params(params),
+                                      z_tok.reshape(b, t * n, d), grid, both, 2.0)
+      for i in reversed(range(config.num_blocks - 1)):
+        h = decoding.sequential_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i),
+                                        h, grid, both, 2.0)
+      return tokens.unpatchify(h.reshape(b, t, n, d), grid, config.patch_size)
+
+    np.testing.assert_array_equal(got, official_rule(params, z, cond, null))
+    # ... and the shallow guidance matters here: unguided shallow blocks give another video.
+    deep = model_lib.deep_block(config)
+
+    def guide_deep_block_only(block, params, z, grid, cond, guidance, given=None):
+      if block == deep:
+        return decoding.sequential_inverse(block, params, z, grid, cond, guidance, given)
+      return decoding.sequential_inverse(block, params, z, grid, cond[: z.shape[0]], 0.0, given)
+
+    unguided = inverse.invert(config, params, z, cond, guidance=2.0, null_cond=null,
+                              block_inverse=guide_deep_block_only)
+    self.assertGreater(float(jnp.abs(unguided - got).max()), 1e-3)
 
 
 class OptionsFromDefaultsTest(absltest.TestCase):

@@ -16,6 +16,7 @@ import re
 import jax
 import numpy as np
 
+from starflow_jax import model as model_lib
 from starflow_jax.config import ModelConfig
 from starflow_jax.errors import UserError
 
@@ -54,14 +55,12 @@ class LeafMapping:
 
 
 def _official_block_prefix(config: ModelConfig, name: str) -> str:
-  if name == "deep_block":
+  kind, index = model_lib.block_key_kind(name)
+  if kind == "deep":
     return f"blocks.{config.num_blocks - 1}"
-  if name == "denoiser":
+  if kind == "denoiser":
     return "learnable_self_denoiser"
-  match = re.fullmatch(r"shallow_block_(\d+)", name)
-  if not match:
-    raise ValueError(f"unexpected top-level parameter group {name!r}")
-  return f"blocks.{match.group(1)}"
+  return f"blocks.{index}"
 
 
 def _leaf_mapping(config: ModelConfig, path: tuple[str, ...]) -> LeafMapping:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starflow_jax import decoding, jacobi, losses
+from starflow_jax import inverse, losses
 from starflow_jax.errors import UserError
 from starflow_jax.interop.golden import GoldenFolder, load_golden, to_channels_first, to_channels_last
 from starflow_jax.model import StarFlow
@@ -73,9 +73,9 @@ class GoldenRecomputation:
   def _inverse(self, z_name: str, **kwargs):
     z = jnp.asarray(to_channels_last(self.golden.vectors[z_name]))
     if kwargs.pop("method") == "jacobi":
-      run = lambda: jacobi.sample_jacobi(self.config, self.params, z, self.cond, **kwargs)
+      run = lambda: inverse.sample_jacobi(self.config, self.params, z, self.cond, **kwargs)
     else:
-      run = lambda: decoding.sample_sequential(self.config, self.params, z, self.cond, **kwargs)
+      run = lambda: inverse.sample_sequential(self.config, self.params, z, self.cond, **kwargs)
     return to_channels_first(run()), run
 
   def _denoiser(self):

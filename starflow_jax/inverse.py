@@ -1,0 +1,127 @@
+"""The model's inverse (noise -> latents), the counterpart of `model.forward`.
+
+  z -> patchify -> deep block^-1 -> shallow_block_{K-2}^-1 -> ... -> shallow_block_0^-1 -> x.
+
+Each block is inverted by a `BlockInverse` (`decoding.sequential_inverse`, or
+`jacobi.jacobi_inverse` with its options), both built from the pieces in `decoding`. The rules
+made here, once, for `invert` and for `sampling.VideoSampler` (which schedules the same pieces
+frame by frame):
+  * guidance (`guided_condition`): with guidance > 0 and a condition, the deep block decodes a
+    doubled batch [cond; null] (null: `null_cond`, else `model.null_condition`) with the guided
+    affine parameters;
+  * shallow blocks (`shallow_inverse`) are conditioned only when cond_top_only=False, and then
+    guided with the deep block's doubled condition, as the official sampler does;
+  * conditioning frames (`prefix`, latents of the first Tp frames): run forward to the deep
+    block's input, prefilled as its first tokens, and returned unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+from starflow_jax import decoding, jacobi, model as model_lib, tokens
+from starflow_jax.config import ModelConfig
+from starflow_jax.flow import FlowBlock
+from starflow_jax.jacobi import JacobiOptions
+from starflow_jax.rope import TokenGrid
+
+Array = jnp.ndarray
+
+
+class BlockInverse(Protocol):
+  def __call__(self, block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None,
+               guidance: float, given: Array | None = None) -> Array: ...
+
+
+def block_inverse_for(options: JacobiOptions | None) -> BlockInverse:
+  """Token-by-token decoding (None) or block-wise Jacobi with `options`."""
+  if options is None:
+    return decoding.sequential_inverse
+  return functools.partial(jacobi.jacobi_inverse, options=options)
+
+
+def guided_condition(config: ModelConfig, cond: Array | None, null_cond: Array | None,
+                     guidance: float) -> tuple[Array | None, float]:
+  """(the deep block's condition, its guidance): [cond; null] [2B, ...] and `guidance` when
+  guided, else (cond, 0.0)."""
+  if guidance <= 0 or cond is None:
+    return cond, 0.0
+  null = model_lib.null_condition(config, cond) if null_cond is None else null_cond
+  return jnp.concatenate([cond, null], axis=0), guidance
+
+
+def shallow_inverse(config: ModelConfig, params, h: Array, grid: TokenGrid, deep_cond: Array | None,
+                    guidance: float, block_inverse: BlockInverse) -> Array:
+  """The shallow blocks' inverses in reverse order on the deep block's output h [B, T, N, D]
+  (`grid` its T frames; one frame at a time for a frame-by-frame scheduler). `deep_cond` and
+  `guidance` as returned by `guided_condition`."""
+  b, t, n, d = h.shape
+  shallow_cond = None if config.cond_top_only else deep_cond
+  shallow_guidance = 0.0 if config.cond_top_only else guidance
+  s_grid = model_lib.shallow_grid(config, grid)
+  for i in reversed(range(config.num_blocks - 1)):
+    h_in = model_lib.to_shallow_batch(config, h)
+    h = block_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in,
+                      s_grid, shallow_cond, shallow_guidance)
+    h = h.reshape(b, t, n, d)
+  return h
+
+
+def prefix_tokens(config: ModelConfig, params, prefix: Array, cond: Array | None) -> Array:
+  """The deep block's input tokens [B, Tp, N, D] for given latent frames [B, Tp, H, W, C]."""
+  return model_lib.StarFlow(config).apply({"params": params}, prefix, cond).outputs[-2]
+
+
+def invert(config: ModelConfig, params, z: Array, cond: Array | None = None, *, guidance: float = 0.0,
+           null_cond: Array | None = None, block_inverse: BlockInverse = decoding.sequential_inverse,
+           prefix: Array | None = None) -> Array:
+  """Noise z (latent layout [B, H, W, C] or [B, T, H, W, C]) -> latents x, inverting every block.
+
+  prefix: latents of the first Tp frames [B, Tp, H, W, C] (image-to-video, continuation), kept.
+  Jit it with `config`, `guidance` and `block_inverse` static (`sample_sequential`, `sample_jacobi`).
+  """
+  video, is_image = tokens.as_video(z)
+  z_tok, grid = tokens.patchify(video, config.patch_size)  # [B, T, N, D]
+  b, t, n, d = z_tok.shape
+  deep_cond, deep_guidance = guided_condition(config, cond, null_cond, guidance)
+  given = None
+  if prefix is not None:
+    given = prefix_tokens(config, params, prefix, cond).reshape(b, -1, d)  # [B, Tp*N, D]
+  h = block_inverse(model_lib.deep_block(config), model_lib.deep_params(params), z_tok.reshape(b, t * n, d),
+                    grid, deep_cond, deep_guidance, given=given)
+  h = shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse)
+  x = tokens.unpatchify(h, grid, config.patch_size)
+  if prefix is not None:
+    x = x.at[:, : prefix.shape[1]].set(prefix)
+  return x[:, 0] if is_image else x
+
+
+@functools.partial(jax.jit, static_argnames=("config", "guidance"))
+def sample_sequential(config: ModelConfig, params, z: Array, cond: Array | None = None,
+                      guidance: float = 0.0, null_cond: Array | None = None,
+                      prefix: Array | None = None) -> Array:
+  """Compiled `invert` with token-by-token decoding of every block."""
+  return invert(config, params, z, cond, guidance=guidance, null_cond=null_cond, prefix=prefix)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "guidance", "block_size", "threshold",
+                                             "max_iter", "later_block_size", "video_init",
+                                             "reference_compatible"))
+def sample_jacobi(config: ModelConfig, params, z: Array, cond: Array | None = None, *,
+                  guidance: float = 0.0, null_cond: Array | None = None, prefix: Array | None = None,
+                  block_size: int = 64, threshold: float = 1e-3, max_iter: int = 32,
+                  later_block_size: int | None = None, video_init: bool = True,
+                  reference_compatible: bool | None = None) -> Array:
+  """Compiled `invert` with Jacobi decoding of every block (the official `jacobi=True`).
+
+  reference_compatible defaults to True here so results match the official sampler.
+  """
+  options = JacobiOptions(block_size=block_size, later_block_size=later_block_size,
+                          threshold=threshold, max_iter=max_iter, video_init=video_init,
+                          reference_compatible=True if reference_compatible is None else reference_compatible)
+  return invert(config, params, z, cond, guidance=guidance, null_cond=null_cond, prefix=prefix,
+                block_inverse=block_inverse_for(options))
