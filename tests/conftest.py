@@ -1,8 +1,11 @@
-"""Test setup: 8 simulated CPU devices (set before jax is imported) for the sharding tests."""
+"""Test setup: 8 simulated CPU devices (set before jax is imported) for the sharding tests, and
+the test processes' XLA flags (tests/multiprocess.py)."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.multiprocess import TEST_XLA_FLAGS
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (after the environment is set)

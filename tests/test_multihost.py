@@ -63,7 +63,8 @@ class MultiHostTest(absltest.TestCase):
     cls.env = {"JAX_COMPILATION_CACHE_DIR": os.path.join(tmp, "jax_cache")}
     cls.a, cls.b, cls.c = (os.path.join(tmp, name) for name in ("a", "b", "c"))
     multiprocess.run(train_args(cls.a, 1), 1, 8, extra_env=cls.env)
-    cls.b_job = multiprocess.run(train_args(cls.b, 2, f"--config.log.sample_every_steps={STEPS}"), 2, 4,
+    cls.b_job = multiprocess.run(train_args(cls.b, 2, f"--config.log.sample_every_steps={STEPS}",
+                                                    "--config.log.num_samples=2"), 2, 4,
                                  extra_env=cls.env)
     killed = multiprocess.start(train_args(cls.c, 2), 2, 4, extra_env=cls.env)
     logged = lambda: max([r["step"] for r in metrics.read_metrics(cls.c)] or [0])
