@@ -40,6 +40,7 @@ CONFIG_ITEM = "model_config"
 TEXT_ITEM = "text_config"
 AUTOENCODER_ITEM = "autoencoder_config"
 SAMPLING_ITEM = "sampling_defaults"
+NULL_ITEM = "null_condition"
 
 
 @dataclasses.dataclass
@@ -52,6 +53,9 @@ class ModelBundle:
   text_params: Any = None
   autoencoder_config: AutoencoderConfig = dataclasses.field(default_factory=AutoencoderConfig)
   sampling_defaults: dict = dataclasses.field(default_factory=dict)
+  # The condition the model was trained to treat as "no prompt" when it is not the default rule
+  # (`model.null_condition`): the text encoder's empty prompt for pre-encoded text, [L, txt_dim].
+  null_condition: Any = None
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -61,8 +65,10 @@ def _checkpointer() -> ocp.Checkpointer:
 def save_model(directory: str, config: ModelConfig, params, overwrite: bool = False, *,
                text_config: TextEncoderConfig | None = None, text_params=None,
                autoencoder_config: AutoencoderConfig | None = None,
-               sampling_defaults: dict | None = None) -> str:
+               sampling_defaults: dict | None = None, null_condition=None) -> str:
   """Writes a model directory (collectively in a multi-host run). Returns its path.
+
+  `null_condition`: the model's own null condition [L, txt_dim] (see `ModelBundle`), if any.
 
   `params` may be numpy or jax arrays sharded in any way, also across hosts: each process
   writes the shards it holds, nothing is gathered onto one host."""
@@ -76,6 +82,8 @@ def save_model(directory: str, config: ModelConfig, params, overwrite: bool = Fa
     items[AUTOENCODER_ITEM] = ocp.args.JsonSave(autoencoder_config.to_dict())
   if sampling_defaults:
     items[SAMPLING_ITEM] = ocp.args.JsonSave(dict(sampling_defaults))
+  if null_condition is not None:
+    items[NULL_ITEM] = ocp.args.StandardSave({"embedding": np.asarray(null_condition, np.float32)})
   written = fileio.atomic_directory_write(
       directory, lambda path: _checkpointer().save(path, ocp.args.Composite(**items)), overwrite)
   return os.fspath(written)
@@ -111,8 +119,12 @@ def load_bundle(path: fileio.PathLike) -> ModelBundle:
   text_config = TextEncoderConfig.from_dict(items[TEXT_ITEM]) if TEXT_ITEM in items else None
   ae_config = AutoencoderConfig.from_dict(items[AUTOENCODER_ITEM]) if AUTOENCODER_ITEM in items else AutoencoderConfig()
   params = restore_params(path, config, text_config)
+  null = None
+  if (path / NULL_ITEM).is_dir():
+    restored = _checkpointer().restore(path, ocp.args.Composite(**{NULL_ITEM: ocp.args.StandardRestore()}))
+    null = np.asarray(restored[NULL_ITEM]["embedding"])
   return ModelBundle(config, params["model"], text_config, params.get("text"), ae_config,
-                     dict(items.get(SAMPLING_ITEM, {})))
+                     dict(items.get(SAMPLING_ITEM, {})), null)
 
 
 def load_model(path: str):

@@ -45,12 +45,13 @@ def block_inverse_for(options: JacobiOptions | None) -> BlockInverse:
 
 
 def guided_condition(config: ModelConfig, cond: Array | None, null_cond: Array | None,
-                     guidance: float) -> tuple[Array | None, float]:
+                     guidance: float, stored_null: Array | None = None) -> tuple[Array | None, float]:
   """(the deep block's condition, its guidance): [cond; null] [2B, ...] and `guidance` when
-  guided, else (cond, 0.0)."""
+  guided, else (cond, 0.0). null: `null_cond`, else `model.null_condition` (with the model's
+  stored null, if any)."""
   if guidance <= 0 or cond is None:
     return cond, 0.0
-  null = model_lib.null_condition(config, cond) if null_cond is None else null_cond
+  null = model_lib.null_condition(config, cond, stored_null) if null_cond is None else null_cond
   return jnp.concatenate([cond, null], axis=0), guidance
 
 

@@ -82,13 +82,19 @@ def block_key_kind(key: str) -> tuple[str, int | None]:
   raise ValueError(f"unexpected top-level parameter group {key!r}")
 
 
-def null_condition(config: ModelConfig, cond: Array) -> Array:
-  """The one unconditional ("null") condition rule when none is given: label `num_classes` for
-  class models; for text models, zeros of the condition's shape. Text models trained with a
-  text encoder have their own null (the encoding of the empty prompt): the sampler and the model
-  directory pass it explicitly (`null_cond`), and this default is used only without one."""
+def null_condition(config: ModelConfig, cond: Array, stored: Array | None = None) -> Array:
+  """The unconditional ("null") condition of the shape of `cond`, by the one rule used by
+  training (condition dropout), `inverse.invert` and the sampler:
+    * class models: label `num_classes`;
+    * text models with a stored null (`stored`, [L, txt_dim] or [1, L, txt_dim]: the frozen
+      text encoder's empty prompt, kept in the model directory): that, for every example;
+    * other text models: zeros (the official default for embeddings). Models with the built-in
+      text encoder are trained on the empty caption's tokens; the sampler encodes "" for them.
+  """
   if config.conditioning == "class":
     return jnp.full_like(cond, config.num_classes)
+  if stored is not None:
+    return jnp.broadcast_to(jnp.asarray(stored, cond.dtype).reshape(cond.shape[1:]), cond.shape)
   return jnp.zeros_like(cond)
 
 

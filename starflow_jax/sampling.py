@@ -281,7 +281,8 @@ class VideoSampler:
     slid on the host, a frame's shallow inverses as soon as it is done."""
     cfg = self.config
     z_tok, grid = tokens.patchify(z, cfg.patch_size)  # [B, T, N, D]
-    deep_cond, guidance = inverse.guided_condition(cfg, cond, null_cond, self.options.guidance)
+    deep_cond, guidance = inverse.guided_condition(cfg, cond, null_cond, self.options.guidance,
+                                                   self.bundle.null_condition)
     prefix_tok = None
     if prefix is not None:
       prefix_tok = self._prefix_tokens(self.params, prefix, cond)  # deep-block inputs [B, Tp, N, D]

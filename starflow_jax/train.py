@@ -29,6 +29,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -181,12 +182,8 @@ def drop_conditions(modules: StepModules, settings: StepSettings, batch: dict[st
   drop = jax.random.bernoulli(rng, p, (values.shape[0],))
   if key == "tokens":
     null = jnp.zeros_like(values).at[:, 0].set(SPECIAL_TOKENS.index(BOS))
-  elif key == "label":
-    null = jnp.full_like(values, cfg.num_classes)
-  elif modules.null_text_embedding is not None:
-    null = jnp.broadcast_to(modules.null_text_embedding, values.shape)
-  else:
-    null = jnp.zeros_like(values)
+  else:  # labels or text embeddings: the model's null condition rule
+    null = model_lib.null_condition(cfg, values, stored=modules.null_text_embedding)
   dropped = jnp.where(drop.reshape((-1,) + (1,) * (values.ndim - 1)), null, values)
   return {**batch, key: dropped}
 
@@ -412,6 +409,13 @@ class Trainer:
     opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
     ema = jax.tree_util.tree_map(jnp.copy, params) if state.ema_params is not None else None
     return state.replace(params=params, opt_state=opt_state, ema_params=ema)
+
+  @property
+  def null_condition(self):
+    """The model's own null condition when it is not the default rule (pre-encoded text: the
+    encoder's empty prompt [L, txt_dim]), stored with the exported model; else None."""
+    null = self.modules.null_text_embedding
+    return None if null is None else np.asarray(null).reshape(null.shape[-2:])
 
   def final_params(self, state: TrainState):
     """The parameters to export and sample: the EMA when train.ema_decay > 0."""

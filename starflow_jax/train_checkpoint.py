@@ -142,11 +142,11 @@ class TrainCheckpointer:
 
 def export_model(workdir: fileio.PathLike, params, model_config: ModelConfig, text_config=None,
                  autoencoder_config=None, sampling_defaults: dict | None = None,
-                 name: str = "model") -> str:
+                 name: str = "model", null_condition=None) -> str:
   """Writes trained parameters {'model', 'text'} as a model directory (what the sampler and
   converter read). Collective in a multi-host run: the parameters stay sharded as trained and
   each process writes its own shards."""
   return model_checkpoint.save_model(
       fileio.as_path(workdir) / name, model_config, params["model"], overwrite=True,
       text_config=text_config, text_params=params.get("text"), autoencoder_config=autoencoder_config,
-      sampling_defaults=sampling_defaults)
+      sampling_defaults=sampling_defaults, null_condition=null_condition)

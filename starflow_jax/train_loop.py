@@ -72,7 +72,7 @@ class _Sampler:
     if self.sampler is None:
       bundle = model_checkpoint.ModelBundle(
           self.trainer.model_config, params["model"], self.trainer.text_config, params.get("text"),
-          experiment.autoencoder_config(self.config))
+          experiment.autoencoder_config(self.config), null_condition=self.trainer.null_condition)
       self.sampler = self.sampling.VideoSampler(bundle, sampling_options(self.config, progress=False),
                                                 mesh=self.trainer.mesh)
     self.sampler.set_params(params["model"], params.get("text"))
@@ -188,7 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer.close()
   model_dir = export_model(workdir, trainer.final_params(state), trainer.model_config,  # collective
                            trainer.text_config,
-                           experiment.autoencoder_config(config), sampling_defaults(config))
+                           experiment.autoencoder_config(config), sampling_defaults(config),
+                           null_condition=trainer.null_condition)
   if distributed.is_primary():
     curve = metrics_lib.plot_loss_curve(workdir)
     log.info("model exported to %s; loss curve %s", model_dir, curve)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from experiments import sample as sample_cli
 from experiments.configs import tiny_video
-from starflow_jax import decoding, inverse, model as model_lib, tokens, train_loop
+from starflow_jax import checkpoint, decoding, inverse, model as model_lib, tokens, train_loop
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler
@@ -190,6 +190,27 @@ class OneInverseTest(absltest.TestCase):
           continued = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null, options, self.z,
                                                          prefix=full[:, :1])
           np.testing.assert_array_equal(continued[:, :1], full[:, :1])
+
+  def test_the_model_directory_keeps_its_null_condition(self):
+    """A model trained against a null that is not zeros (pre-encoded T5 text: the empty prompt's
+    embedding) stores it; guidance without an explicit null then uses it, not zeros."""
+    null = np.asarray(jax.random.normal(jax.random.PRNGKey(5), self.cond.shape[1:]))  # [L, txt_dim]
+    directory = os.path.join(self.create_tempdir().full_path, "model")
+    checkpoint.save_model(directory, self.bundle.config, self.bundle.params, null_condition=null)
+    bundle = checkpoint.load_bundle(directory)
+    np.testing.assert_array_equal(bundle.null_condition, null)
+    self.assertIsNone(checkpoint.load_bundle(self._plain_directory()).null_condition)
+    sampler = VideoSampler(bundle, SamplingOptions(method="sequential", guidance=1.5, denoise="none",
+                                                   progress=False))
+    explicit = jnp.broadcast_to(null, self.cond.shape)
+    np.testing.assert_array_equal(sampler.sample_latents(self.z, self.cond, None),
+                                  sampler.sample_latents(self.z, self.cond, explicit))
+    zeros = sampler.sample_latents(self.z, self.cond, jnp.zeros_like(self.cond))
+    self.assertGreater(float(jnp.abs(zeros - sampler.sample_latents(self.z, self.cond, None)).max()), 1e-3)
+
+  def _plain_directory(self) -> str:
+    directory = os.path.join(self.create_tempdir().full_path, "plain")
+    return checkpoint.save_model(directory, self.bundle.config, self.bundle.params)
 
   def test_conditioned_shallow_blocks_are_guided_as_officially(self):
     """cond_top_only=False: every block sees the text, and with guidance every block, shallow

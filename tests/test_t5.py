@@ -129,6 +129,7 @@ class T5PipelineTest(absltest.TestCase):
     train_loop.train_and_evaluate(config, os.path.join(tmp, "run"))
     bundle = checkpoint.load_bundle(os.path.join(tmp, "run", "model"))
     self.assertIsNone(bundle.text_config)
+    np.testing.assert_array_equal(bundle.null_condition, latents.null_text_embedding(lat))  # trained against it
     sampler = VideoSampler(bundle, SamplingOptions(progress=False, method="sequential", guidance=2.0),
                            text_encoder=t5.T5TextEncoder(t5_dir, config.model.txt_size))
     video = sampler.generate(["a red circle moving left"], 3)
