@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starflow_jax import attention, layers, rope
+from starflow_jax import attention, axes, layers, rope
 from starflow_jax.rope import TokenGrid
 
 Array = jnp.ndarray
@@ -75,20 +75,20 @@ class Denoiser(nn.Module):
     """x [B, S, D] raster tokens of the noisy latent (S = grid.num_tokens) -> s_phi [B, S, D]."""
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
     h = nn.Dense(self.width, name="proj_in",
-                 kernel_init=layers.logical(layers.dense_init(), ("patch", "embed")),
-                 bias_init=layers.logical(nn.initializers.zeros, ("embed",)), **dense)(x.astype(self.dtype))
+                 kernel_init=layers.logical(layers.dense_init(), (axes.PATCH, axes.EMBED)),
+                 bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)(x.astype(self.dtype))
     cond_len = 0
     if self.conditioning == "text" and cond is not None:
       prefix = nn.Dense(self.width, name="proj_txt",
-                        kernel_init=layers.logical(layers.dense_init(), ("text", "embed")),
-                        bias_init=layers.logical(nn.initializers.zeros, ("embed",)), **dense)(
+                        kernel_init=layers.logical(layers.dense_init(), (axes.TEXT, axes.EMBED)),
+                        bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)(
                             cond.astype(self.dtype))
       cond_len = prefix.shape[1]
       h = jnp.concatenate([prefix, h], axis=1)
     elif self.conditioning == "class" and cond is not None:
       prefix = nn.Embed(self.num_classes + 1, self.width, name="class_embed", dtype=self.dtype,
                         param_dtype=jnp.float32,
-                        embedding_init=layers.logical(layers.dense_init(), ("classes", "embed")))(
+                        embedding_init=layers.logical(layers.dense_init(), (axes.CLASSES, axes.EMBED)))(
                             cond.astype(jnp.int32))[:, None]
       cond_len = 1
       h = jnp.concatenate([prefix, h], axis=1)
@@ -107,6 +107,6 @@ class Denoiser(nn.Module):
     if self.use_final_norm:
       h = layers.RMSNorm(name="final_norm")(h)
     out = nn.Dense(self.token_dim, name="proj_out",
-                   kernel_init=layers.logical(nn.initializers.zeros, ("embed", "patch")),
-                   bias_init=layers.logical(nn.initializers.zeros, ("patch",)), **dense)(h)
+                   kernel_init=layers.logical(nn.initializers.zeros, (axes.EMBED, axes.PATCH)),
+                   bias_init=layers.logical(nn.initializers.zeros, (axes.PATCH,)), **dense)(h)
     return out.astype(jnp.float32)

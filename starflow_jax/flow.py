@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starflow_jax import attention, layers, rope, tokens
+from starflow_jax import attention, axes, layers, rope, tokens
 from starflow_jax.rope import TokenGrid
 
 Array = jnp.ndarray
@@ -84,16 +84,16 @@ class FlowBlock(nn.Module):
       return
     d, w = self.token_dim, self.width
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-    self.proj_in = nn.Dense(w, kernel_init=layers.logical(layers.dense_init(), ("patch", "embed")),
-                            bias_init=layers.logical(nn.initializers.zeros, ("embed",)), **dense)
-    self.sos = self.param("sos", layers.logical(nn.initializers.normal(1.0), ("patch",)), (d,),
+    self.proj_in = nn.Dense(w, kernel_init=layers.logical(layers.dense_init(), (axes.PATCH, axes.EMBED)),
+                            bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)
+    self.sos = self.param("sos", layers.logical(nn.initializers.normal(1.0), (axes.PATCH,)), (d,),
                           jnp.float32)
     if self.conditioning == "text":
-      self.proj_txt = nn.Dense(w, kernel_init=layers.logical(layers.dense_init(), ("text", "embed")),
-                               bias_init=layers.logical(nn.initializers.zeros, ("embed",)), **dense)
+      self.proj_txt = nn.Dense(w, kernel_init=layers.logical(layers.dense_init(), (axes.TEXT, axes.EMBED)),
+                               bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)
     elif self.conditioning == "class":
       self.class_embed = nn.Embed(self.num_classes + 1, w, dtype=self.dtype, param_dtype=jnp.float32,
-                                  embedding_init=layers.logical(layers.dense_init(), ("classes", "embed")))
+                                  embedding_init=layers.logical(layers.dense_init(), (axes.CLASSES, axes.EMBED)))
     layer_cls = layers.layer_class(self.remat)
     self.layers = [layer_cls(num_heads=w // self.head_dim, head_dim=self.head_dim,
                              mlp_hidden=int(w * self.expansion), norm_type=self.norm_type,
@@ -103,8 +103,8 @@ class FlowBlock(nn.Module):
     if self.use_final_norm:
       self.final_norm = layers.RMSNorm()
     # Zero kernel: a fresh block is the identity map (scale 1, shift 0).
-    self.proj_out = nn.Dense(2 * d, kernel_init=layers.logical(nn.initializers.zeros, ("embed", "patch")),
-                             bias_init=layers.logical(nn.initializers.zeros, ("patch",)), **dense)
+    self.proj_out = nn.Dense(2 * d, kernel_init=layers.logical(nn.initializers.zeros, (axes.EMBED, axes.PATCH)),
+                             bias_init=layers.logical(nn.initializers.zeros, (axes.PATCH,)), **dense)
 
   # ------------------------------------------------------------------ pieces
   @property

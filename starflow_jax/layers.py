@@ -1,7 +1,7 @@
 """Transformer building blocks: norms, multi-head attention with RoPE and an explicit KV cache,
 the MLP, and the pre-norm transformer layer shared by flow blocks and the denoiser.
 
-Parameters carry logical axis names ("embed", "heads", "kv", "mlp", ...) and never device axes;
+Parameters carry logical axis names (`starflow_jax.axes`) and never device axes;
 `starflow_jax.sharding` maps them onto a mesh. The KV cache is explicit state: a dict
 {"k": [B, S_cache, H, Dh], "v": [B, S_cache, H, Dh]} passed in and returned, keys stored already
 rotated by RoPE, so decoding functions stay pure and jit/while_loop friendly.
@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from starflow_jax import attention, rope
+from starflow_jax import attention, axes, rope
 
 Array = jnp.ndarray
 KVCache = dict[str, Array]
@@ -29,8 +29,9 @@ def dense_init(scale: float = 0.02):
   return nn.initializers.normal(stddev=scale)
 
 
-def logical(init, axes):
-  return nn.with_logical_partitioning(init, axes)
+def logical(init, names):
+  """`init` with logical axis `names` (constants of `starflow_jax.axes`) for the sharding rules."""
+  return nn.with_logical_partitioning(init, names)
 
 
 class RMSNorm(nn.Module):
@@ -43,7 +44,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", logical(nn.initializers.zeros, ("norm",)), (x.shape[-1],), jnp.float32)
+    scale = self.param("scale", logical(nn.initializers.zeros, (axes.NORM,)), (x.shape[-1],), jnp.float32)
     xf = x.astype(jnp.float32)
     out = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return (out * (1.0 + scale)).astype(x.dtype)
@@ -54,8 +55,8 @@ def make_norm(norm_type: str, name: str, dtype=jnp.float32) -> nn.Module:
   if norm_type == "layer_norm":
     return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype,
                         param_dtype=jnp.float32, name=name,
-                        scale_init=logical(nn.initializers.ones, ("norm",)),
-                        bias_init=logical(nn.initializers.zeros, ("norm",)))
+                        scale_init=logical(nn.initializers.ones, (axes.NORM,)),
+                        bias_init=logical(nn.initializers.zeros, (axes.NORM,)))
   return RMSNorm(name=name)
 
 
@@ -105,8 +106,9 @@ class Attention(nn.Module):
     qkv = nn.DenseGeneral(
         features=(3, self.num_heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=jnp.float32, name="qkv",
-        kernel_init=logical(dense_init(), ("embed", "qkv", "heads", "kv")),
-        bias_init=logical(nn.initializers.zeros, ("qkv", "heads", "kv")))(x)  # [B, M, 3, H, Dh]
+        kernel_init=logical(dense_init(), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV)),
+        bias_init=logical(nn.initializers.zeros, (axes.QKV, axes.HEADS, axes.KV)))(x)  # [B, M, 3, H, Dh]
+    qkv = axes.constrain(qkv, (axes.ACT_BATCH, axes.ACT_LENGTH, None, axes.ACT_HEADS, axes.ACT_KV))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = rope.apply_rope(q, cos, sin)
     k = rope.apply_rope(k, cos, sin)
@@ -129,8 +131,8 @@ class Attention(nn.Module):
     y = nn.DenseGeneral(
         features=width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
         param_dtype=jnp.float32, name="out",
-        kernel_init=logical(dense_init(), ("heads", "kv", "embed")),
-        bias_init=logical(nn.initializers.zeros, ("embed",)))(y)
+        kernel_init=logical(dense_init(), (axes.HEADS, axes.KV, axes.EMBED)),
+        bias_init=logical(nn.initializers.zeros, (axes.EMBED,)))(y)
     return y, cache
 
 
@@ -155,12 +157,15 @@ class MLP(nn.Module):
   def __call__(self, x: Array) -> Array:
     width = x.shape[-1]
     h = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=logical(dense_init(), ("embed", "mlp")),
-                 bias_init=logical(nn.initializers.zeros, ("mlp",)), name="fc_in")(x)
-    h = gelu_exact(h)
+                 kernel_init=logical(dense_init(), (axes.EMBED, axes.MLP)),
+                 bias_init=logical(nn.initializers.zeros, (axes.MLP,)), name="fc_in")(x)
+    h = gelu_exact(axes.constrain(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP)))
     return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=logical(dense_init(), ("mlp", "embed")),
-                    bias_init=logical(nn.initializers.zeros, ("embed",)), name="fc_out")(h)
+                    kernel_init=logical(dense_init(), (axes.MLP, axes.EMBED)),
+                    bias_init=logical(nn.initializers.zeros, (axes.EMBED,)), name="fc_out")(h)
+
+
+ACTIVATION = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)  # a layer's input and output [B, M, W]
 
 
 class TransformerLayer(nn.Module):
@@ -177,13 +182,14 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, cos: Array, sin: Array, mask,
                cache: KVCache | None = None, cache_index: Array | int = 0):
+    x = axes.constrain(x, ACTIVATION)
     h = make_norm(self.norm_type, "attention_norm", self.dtype)(x)
     h, cache = Attention(self.num_heads, self.head_dim, self.use_bias, self.dtype,
                          self.attention_block_size, name="attention")(h, cos, sin, mask, cache, cache_index)
     x = x + h
     h = make_norm(self.norm_type, "mlp_norm", self.dtype)(x)
     x = x + MLP(self.mlp_hidden, self.use_bias, self.dtype, name="mlp")(h)
-    return x, cache
+    return axes.constrain(x, ACTIVATION), cache
 
 
 def layer_class(remat: bool):

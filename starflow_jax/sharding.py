@@ -16,26 +16,35 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from starflow_jax import axes
 from starflow_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # logical axis -> mesh axis (None = replicated). Parameters are sharded FSDP-style along their
-# model width and tensor-parallel along heads / MLP hidden units.
+# model width and tensor-parallel along heads / MLP hidden units; activations inside the train
+# step are split over the batch (data x fsdp) and over heads / MLP units (tensor).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("qkv", None),
-    ("patch", None),
-    ("text", None),
-    ("norm", None),
-    ("classes", None),
-    ("vocab", None),
-    ("length", None),
+    (axes.BATCH, BATCH_AXES),
+    (axes.EMBED, "fsdp"),
+    (axes.MLP, "tensor"),
+    (axes.HEADS, "tensor"),
+    (axes.KV, None),
+    (axes.QKV, None),
+    (axes.PATCH, None),
+    (axes.TEXT, None),
+    (axes.NORM, None),
+    (axes.CLASSES, None),
+    (axes.VOCAB, None),
+    (axes.LENGTH, None),
+    (axes.BUCKETS, None),
+    (axes.ACT_BATCH, BATCH_AXES),
+    (axes.ACT_LENGTH, None),
+    (axes.ACT_EMBED, None),
+    (axes.ACT_HEADS, "tensor"),
+    (axes.ACT_KV, None),
+    (axes.ACT_MLP, "tensor"),
 )
 
 
@@ -84,19 +93,10 @@ def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
 
 def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh, where: str) -> P:
   """Replicates dimensions that the assigned mesh axes do not divide (logged once per leaf)."""
-  fitted = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    if axes is None:
-      fitted.append(None)
-      continue
-    names = axes if isinstance(axes, tuple) else (axes,)
-    size = int(np.prod([mesh.shape[a] for a in names]))
-    if dim % size:
-      logging.info("sharding: %s dim %d not divisible by mesh axes %s (%d); replicated", where, dim, names, size)
-      fitted.append(None)
-    else:
-      fitted.append(axes)
-  return P(*fitted)
+  fitted, replicated = axes.fit_spec(spec, shape, mesh)
+  for dim in replicated:
+    logging.info("sharding: %s dim %d not divisible by mesh axes %s; replicated", where, dim, spec[dim])
+  return fitted
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, rules) -> Any:

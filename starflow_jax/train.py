@@ -33,7 +33,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from starflow_jax import experiment, losses, model as model_lib, sharding
+from data_pipeline.pixels import pixels_to_unit
+from starflow_jax import axes, experiment, losses, model as model_lib, sharding
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.config import ModelConfig
 from starflow_jax.model import StarFlow, example_condition, example_latents
@@ -88,7 +89,8 @@ class StepSettings:
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepModules:
   """What a train step applies: the modules, the frozen autoencoder, the null text embedding of
-  pre-encoded data, the mesh (for the microbatch layout). Static; hashed by identity."""
+  pre-encoded data, the mesh and logical-axis rules (the layout of microbatches and activations).
+  Static; hashed by identity."""
 
   model_config: ModelConfig
   model: StarFlow
@@ -97,21 +99,13 @@ class StepModules:
   optimizer: optax.GradientTransformation
   mesh: jax.sharding.Mesh
   null_text_embedding: Array | None = None
+  rules: tuple = sharding.DEFAULT_RULES  # logical -> mesh axes, for parameters and activations
 
 
 def step_keys(rng: Array, step: Array) -> tuple[Array, Array, Array]:
   """The (noise, dequantisation, condition-drop) keys of training step `step`."""
   noise, deq, drop = jax.random.split(jax.random.fold_in(rng, step), 3)
   return noise, deq, drop
-
-
-def pixels_to_unit(pixels: Array, rng: Array | None) -> Array:
-  """uint8 pixels k -> (k + u) / 128 - 1 in [-1, 1) with u ~ U[0, 1) (dequantisation) or u = 1/2.
-
-  This is the scaling bits_per_dim assumes (2^(n-1) bins per unit)."""
-  k = pixels.astype(jnp.float32)
-  u = jax.random.uniform(rng, pixels.shape) if rng is not None else 0.5
-  return (k + u) / 128.0 - 1.0
 
 
 def dequantised_pixels(settings: StepSettings, rng: Array, step: Array, video: Array) -> Array:
@@ -139,16 +133,6 @@ def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransforma
   denoiser = optax.adamw(schedule(train.denoiser_lr, min(1e-6, train.denoiser_lr)),
                          weight_decay=train.denoiser_weight_decay)
   return optax.multi_transform({"flow": flow, "denoiser": denoiser}, _label_fn)
-
-
-def flow_score_target(x_grad: Array, noise_std: float) -> Array:
-  """The flow-score-matching target from the gradient of the batch-mean flow loss w.r.t. x~.
-
-  The loss is a mean over all B * dims elements of x~, so x_grad * x~.size is the gradient of each
-  example's own total NLL, and the target is sigma * d NLL_b / d x~_b = -sigma * grad log p(x~_b)
-  (the official `x.grad * x.numel() * noise_std`). Gradients are stopped.
-  """
-  return jax.lax.stop_gradient(x_grad * (x_grad.size * noise_std))
 
 
 def _split_denoiser(tree):
@@ -229,7 +213,14 @@ def encode_condition(modules: StepModules, params, conditions: dict[str, Array])
 def batch_gradients(modules: StepModules, settings: StepSettings, params, x_noisy: Array,
                     conditions: dict[str, Array]) -> tuple[Any, dict[str, Array]]:
   """Gradients of one (micro)batch: the flow objective's for the flow (and text encoder), the
-  flow-score-matching objective's for the denoiser; and the batch-mean statistics."""
+  flow-score-matching objective's for the denoiser; and the batch-mean statistics. The model's
+  activations are laid out by the mesh's rules (`axes.constrain`: batch over data x fsdp)."""
+  with axes.activation_sharding(modules.mesh, modules.rules):
+    return _batch_gradients(modules, settings, params, x_noisy, conditions)
+
+
+def _batch_gradients(modules: StepModules, settings: StepSettings, params, x_noisy: Array,
+                     conditions: dict[str, Array]) -> tuple[Any, dict[str, Array]]:
 
   def flow_objective(params, x_noisy):
     cond = encode_condition(modules, params, conditions)
@@ -245,7 +236,7 @@ def batch_gradients(modules: StepModules, settings: StepSettings, params, x_nois
   (_, aux), (grads, x_grad) = jax.value_and_grad(flow_objective, argnums=(0, 1), has_aux=True)(params, x_noisy)
   stats = {k: aux[k] for k in ("loss", "loss_z", "loss_logdet")}
   if settings.flow_score_matching:
-    target = flow_score_target(x_grad, settings.noise_std)
+    target = losses.flow_score_target(x_grad, settings.noise_std)
     cond = jax.lax.stop_gradient(aux["cond"])
 
     def denoiser_objective(denoiser_params):
@@ -361,9 +352,9 @@ class Trainer:
       from data_pipeline import latents
       null = latents.null_text_embedding(config.data.latents_dir)
       null_text_embedding = None if null is None else jnp.asarray(null)
-    self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder,
-                               self.optimizer, mesh, null_text_embedding)
     self.rules = sharding.rules_from_config(config.mesh.get("rules"))
+    self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder,
+                               self.optimizer, mesh, null_text_embedding, self.rules)
     boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
     self.state_shardings = sharding.logical_shardings(boxed, mesh, self.rules)
     self.abstract_state = jax.tree_util.tree_map(

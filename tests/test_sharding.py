@@ -1,7 +1,10 @@
 """Sharded gradients on simulated 8-device meshes equal the single-device ones; the 7B config
 shards its parameters and optimizer state so that no device holds more than its share."""
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
@@ -48,6 +51,34 @@ class ShardedGradientTest(parameterized.TestCase):
 
 
 class SevenBShardingTest(parameterized.TestCase):
+
+  def test_activations_are_split_over_the_batch_not_replicated(self):
+    """The 7B train step lowered on an abstract (1, 8, 1) mesh: every transformer layer's input,
+    output, q/k/v and MLP hidden units carry a sharding constraint that splits the batch over
+    (data, fsdp) (and heads / MLP units over tensor); no layer activation is left to the
+    partitioner. Nothing is allocated or compiled."""
+    config = starflow_v_7b_t2v_480p.get_config()
+    config.mesh.update(shape=(1, 8, 1))
+    config.train.update(batch_size=8)
+    mesh = sharding.make_mesh((1, 8, 1))
+    trainer = Trainer(config, mesh)
+    model = trainer.model_config
+    spec = sharding.batch_sharding(mesh)
+    frames, side = 2, 4  # the constraints do not depend on the clip size
+    batch = {"video": jax.ShapeDtypeStruct((8, frames, side, side, model.in_channels), jnp.float32, sharding=spec),
+             "text_embeddings": jax.ShapeDtypeStruct((8, model.txt_size, model.txt_dim), jnp.float32, sharding=spec)}
+    text = trainer.compiled_step(False).lower(trainer.abstract_state, batch).as_text()
+    constraints = re.findall(r"sdy.sharding_constraint %\S+ <@mesh, \[(.*?)\]> : tensor<([0-9x]+)x", text)
+    self.assertNotEmpty(constraints)
+    widths = {model.channels, model.deep_channels}
+    layer_io = [(dims, shape) for dims, shape in constraints if int(shape.split("x")[-1]) in widths]
+    self.assertNotEmpty(layer_io)
+    for dims, shape in constraints:
+      self.assertTrue(dims.startswith('{"data", "fsdp"}'), f"tensor<{shape}x...>: [{dims}]")
+    # The deep block's sequence (8 clips x its tokens, width 4096) and the shallow blocks' frames
+    # (8 x 2 frames, width 3072) are both among them.
+    self.assertIn(model.deep_channels, {int(shape.split("x")[-1]) for _, shape in layer_io})
+    self.assertIn(model.channels, {int(shape.split("x")[-1]) for _, shape in layer_io})
 
   @parameterized.parameters((1, 8, 1), (2, 2, 2))
   def test_no_device_holds_more_than_its_share(self, *shape):

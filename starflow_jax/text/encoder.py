@@ -12,7 +12,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starflow_jax import layers
+from starflow_jax import axes, layers
 from starflow_jax.errors import UserError
 from starflow_jax.text.tokenizer import Tokenizer
 
@@ -55,9 +55,9 @@ class TextEncoder(nn.Module):
     length = token_ids.shape[-1]
     valid = token_ids != 0  # [B, L]
     h = nn.Embed(cfg.tokenizer.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
-                 embedding_init=layers.logical(layers.dense_init(), ("vocab", "embed")),
+                 embedding_init=layers.logical(layers.dense_init(), (axes.VOCAB, axes.EMBED)),
                  name="token_embed")(token_ids)
-    pos = self.param("position_embed", layers.logical(layers.dense_init(), ("length", "embed")),
+    pos = self.param("position_embed", layers.logical(layers.dense_init(), (axes.LENGTH, axes.EMBED)),
                      (length, cfg.width), jnp.float32)
     h = h + pos.astype(dtype)
     mask = valid[:, None, :]  # [B, 1, L] -> every query sees the valid keys
@@ -68,6 +68,6 @@ class TextEncoder(nn.Module):
                                          h, *no_rotation, jnp.broadcast_to(mask, (h.shape[0], length, length)))
     h = layers.make_norm("layer_norm", "final_norm", dtype)(h)
     out = nn.Dense(cfg.output_dim, dtype=dtype, param_dtype=jnp.float32, name="proj_out",
-                   kernel_init=layers.logical(layers.dense_init(), ("embed", "text")),
-                   bias_init=layers.logical(nn.initializers.zeros, ("text",)))(h)
+                   kernel_init=layers.logical(layers.dense_init(), (axes.EMBED, axes.TEXT)),
+                   bias_init=layers.logical(nn.initializers.zeros, (axes.TEXT,)))(h)
     return (out * valid[..., None]).astype(jnp.float32)

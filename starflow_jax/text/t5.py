@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starflow_jax import fileio, layers
+from starflow_jax import axes, fileio, layers
 from starflow_jax.errors import UserError
 from starflow_jax.interop.state_dict_io import read_hf_directory
 
@@ -74,7 +74,7 @@ class T5LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    weight = self.param("scale", layers.logical(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32)
+    weight = self.param("scale", layers.logical(nn.initializers.ones, (axes.NORM,)), (x.shape[-1],), jnp.float32)
     xf = x.astype(jnp.float32)
     return (weight * (xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + self.eps))).astype(x.dtype)
 
@@ -88,38 +88,38 @@ class T5Encoder(nn.Module):
   @nn.compact
   def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     cfg = self.config
-    dense = lambda features, name, axes: nn.Dense(
+    dense = lambda features, name, names: nn.Dense(
         features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=layers.logical(layers.dense_init(), axes))
+        kernel_init=layers.logical(layers.dense_init(), names))
     h = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="shared",
-                 embedding_init=layers.logical(nn.initializers.normal(1.0), ("vocab", "embed")))(ids)
+                 embedding_init=layers.logical(nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)))(ids)
     length = ids.shape[1]
     buckets = relative_position_buckets(length, length, cfg.relative_attention_num_buckets,
                                         cfg.relative_attention_max_distance)
     bias_table = self.param("relative_attention_bias",
-                            layers.logical(layers.dense_init(), ("buckets", "heads")),
+                            layers.logical(layers.dense_init(), (axes.BUCKETS, axes.HEADS)),
                             (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
     position_bias = jnp.transpose(bias_table[buckets], (2, 0, 1))[None]  # [1, H, L, L]
     key_mask = jnp.where(mask[:, None, None, :], 0.0, jnp.finfo(jnp.float32).min)  # [B, 1, 1, L]
     bias = position_bias + key_mask
     for i in range(cfg.num_layers):
       x = T5LayerNorm(cfg.layer_norm_epsilon, name=f"block_{i}_attention_norm")(h)
-      q = dense(cfg.num_heads * cfg.d_kv, f"block_{i}_q", ("embed", "heads"))(x)
-      k = dense(cfg.num_heads * cfg.d_kv, f"block_{i}_k", ("embed", "heads"))(x)
-      v = dense(cfg.num_heads * cfg.d_kv, f"block_{i}_v", ("embed", "heads"))(x)
+      q = dense(cfg.num_heads * cfg.d_kv, f"block_{i}_q", (axes.EMBED, axes.HEADS))(x)
+      k = dense(cfg.num_heads * cfg.d_kv, f"block_{i}_k", (axes.EMBED, axes.HEADS))(x)
+      v = dense(cfg.num_heads * cfg.d_kv, f"block_{i}_v", (axes.EMBED, axes.HEADS))(x)
       split = lambda t: t.reshape(t.shape[0], length, cfg.num_heads, cfg.d_kv)
       logits = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k), preferred_element_type=jnp.float32) + bias
       weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # T5: no 1/sqrt(d) scaling
       attended = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(h.shape[0], length, -1)
-      h = h + dense(cfg.d_model, f"block_{i}_o", ("heads", "embed"))(attended)
+      h = h + dense(cfg.d_model, f"block_{i}_o", (axes.HEADS, axes.EMBED))(attended)
       x = T5LayerNorm(cfg.layer_norm_epsilon, name=f"block_{i}_ffn_norm")(h)
       if cfg.feed_forward_proj.startswith("gated"):
         act = (lambda t: jax.nn.gelu(t, approximate=True)) if cfg.feed_forward_proj == "gated-gelu" else jax.nn.relu
-        hidden = act(dense(cfg.d_ff, f"block_{i}_wi_0", ("embed", "mlp"))(x)) * dense(
-            cfg.d_ff, f"block_{i}_wi_1", ("embed", "mlp"))(x)
+        hidden = act(dense(cfg.d_ff, f"block_{i}_wi_0", (axes.EMBED, axes.MLP))(x)) * dense(
+            cfg.d_ff, f"block_{i}_wi_1", (axes.EMBED, axes.MLP))(x)
       else:
-        hidden = jax.nn.relu(dense(cfg.d_ff, f"block_{i}_wi", ("embed", "mlp"))(x))
-      h = h + dense(cfg.d_model, f"block_{i}_wo", ("mlp", "embed"))(hidden)
+        hidden = jax.nn.relu(dense(cfg.d_ff, f"block_{i}_wi", (axes.EMBED, axes.MLP))(x))
+      h = h + dense(cfg.d_model, f"block_{i}_wo", (axes.MLP, axes.EMBED))(hidden)
     return T5LayerNorm(cfg.layer_norm_epsilon, name="final_norm")(h).astype(jnp.float32)
 
 
