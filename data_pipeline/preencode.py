@@ -35,7 +35,7 @@ from experiments import cli
 from starflow_jax import distributed, experiment, fileio
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.errors import UserError
-from starflow_jax.train import pixels_to_unit
+from data_pipeline.pixels import pixels_to_unit
 
 FLAGS = flags.FLAGS
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from data_pipeline import digits, latents, tfds_sources
+from data_pipeline.pipeline import ToTrainingExample
 from data_pipeline.shapes import MovingShapesSource, ShapesConfig
 from starflow_jax.errors import UserError
 
@@ -24,70 +26,121 @@ def shapes_config(data: ml_collections.ConfigDict, split: str = "train") -> Shap
   return ShapesConfig(**values).validate()
 
 
+class SourceKind:
+  """What the rest of the code asks of one kind of source (one small subclass per kind)."""
+
+  def build(self, data: ml_collections.ConfigDict, split: str):
+    """The random-access source of `split` ('train' or 'eval')."""
+    raise NotImplementedError
+
+  def vocabulary(self, data: ml_collections.ConfigDict) -> list[str]:
+    """Every word the captions use (the built-in word tokenizer's vocabulary)."""
+    raise NotImplementedError
+
+  def example_shape(self, data: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+    """(frames, height, width, channels) of the 'video' entries."""
+    raise NotImplementedError
+
+  def transforms(self, data: ml_collections.ConfigDict, training: bool) -> list:
+    """Per-element transforms before the model-input selection."""
+    del data, training
+    return []
+
+  def provides_embeddings(self, data: ml_collections.ConfigDict) -> bool:
+    """Whether examples carry precomputed text embeddings."""
+    del data
+    return False
+
+
+class _Shapes(SourceKind):
+
+  def build(self, data, split):
+    return MovingShapesSource(shapes_config(data, split))
+
+  def vocabulary(self, data):
+    return shapes_config(data).vocabulary
+
+  def example_shape(self, data):
+    c = shapes_config(data)
+    return c.num_frames, c.height, c.width, 3
+
+
+class _Digits(SourceKind):
+
+  def build(self, data, split):
+    return digits.DigitsSource(split=split, size=data.get("digits_size", 8))
+
+  def vocabulary(self, data):
+    return digits.VOCABULARY
+
+  def example_shape(self, data):
+    size = data.get("digits_size", 8)
+    return 1, size, size, 1
+
+
+class _Tfds(SourceKind):
+
+  def build(self, data, split):
+    return tfds_sources.build_tfds_source(data, split)
+
+  def vocabulary(self, data):
+    return tfds_sources.caption_vocabulary(data)
+
+  def example_shape(self, data):
+    return tfds_sources.example_shape(data)
+
+  def transforms(self, data, training):
+    deterministic, random = tfds_sources.transforms(data, training)
+    return random[:1] + deterministic + random[1:]  # clip first: never resize a whole video
+
+
+class _Latents(SourceKind):
+
+  def build(self, data, split):
+    return latents.LatentSource(data.latents_dir, split)
+
+  def vocabulary(self, data):
+    return latents.read_metadata(data.latents_dir).get("vocabulary", [])
+
+  def example_shape(self, data):
+    return tuple(latents.read_metadata(data.latents_dir)["video_shape"])
+
+  def provides_embeddings(self, data):
+    return bool(latents.read_metadata(data.latents_dir).get("text_embeddings"))
+
+
+SOURCES: dict[str, SourceKind] = {"shapes": _Shapes(), "digits": _Digits(), "tfds": _Tfds(),
+                                  "latents": _Latents()}
+
+
+def source_kind(data: ml_collections.ConfigDict) -> SourceKind:
+  kind = SOURCES.get(data.source)
+  if kind is None:
+    raise UserError(f"unknown data.source {data.source!r}; choose {', '.join(map(repr, SOURCES))}")
+  return kind
+
+
 def build_source(data: ml_collections.ConfigDict, split: str = "train"):
   """The random-access source for `data.source` and `split` ('train' or 'eval')."""
-  if data.source == "shapes":
-    return MovingShapesSource(shapes_config(data, split))
-  if data.source == "digits":
-    from data_pipeline import digits
-    return digits.DigitsSource(split=split, size=data.get("digits_size", 8))
-  if data.source == "tfds":
-    from data_pipeline import tfds_sources
-    return tfds_sources.build_tfds_source(data, split)
-  if data.source == "latents":
-    from data_pipeline import latents
-    return latents.LatentSource(data.latents_dir, split)
-  raise UserError(f"unknown data.source {data.source!r}; choose 'shapes', 'digits', 'tfds' or 'latents'")
+  return source_kind(data).build(data, split)
 
 
 def caption_vocabulary(data: ml_collections.ConfigDict) -> list[str]:
   """Every word the source's captions use (the built-in word tokenizer's vocabulary)."""
-  if data.source == "shapes":
-    return shapes_config(data).vocabulary
-  if data.source == "digits":
-    from data_pipeline import digits
-    return digits.VOCABULARY
-  if data.source == "tfds":
-    from data_pipeline import tfds_sources
-    return tfds_sources.caption_vocabulary(data)
-  if data.source == "latents":
-    from data_pipeline import latents
-    return latents.read_metadata(data.latents_dir).get("vocabulary", [])
-  raise UserError(f"unknown data.source {data.source!r}")
+  return source_kind(data).vocabulary(data)
 
 
 def provides_embeddings(data: ml_collections.ConfigDict) -> bool:
   """True when examples carry precomputed text embeddings (pre-encoded latents with a text encoder)."""
-  if data.source != "latents":
-    return False
-  from data_pipeline import latents
-  return bool(latents.read_metadata(data.latents_dir).get("text_embeddings"))
+  return source_kind(data).provides_embeddings(data)
 
 
 def example_shape(data: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   """(frames, height, width, channels) of the source's 'video' entries."""
-  if data.source == "shapes":
-    c = shapes_config(data)
-    return c.num_frames, c.height, c.width, 3
-  if data.source == "digits":
-    size = data.get("digits_size", 8)
-    return 1, size, size, 1
-  if data.source == "tfds":
-    from data_pipeline import tfds_sources
-    return tfds_sources.example_shape(data)
-  if data.source == "latents":
-    from data_pipeline import latents
-    return tuple(latents.read_metadata(data.latents_dir)["video_shape"])
-  raise UserError(f"unknown data.source {data.source!r}")
+  return source_kind(data).example_shape(data)
 
 
 def element_transforms(data: ml_collections.ConfigDict, tokenizer=None, training: bool = True,
                        keep: tuple[str, ...] = ()) -> list:
   """The per-element transforms of `data.source`, ending with the model-input selection."""
-  from data_pipeline.pipeline import ToTrainingExample
-  steps = []
-  if data.source == "tfds":
-    from data_pipeline import tfds_sources
-    deterministic, random = tfds_sources.transforms(data, training)
-    steps = random[:1] + deterministic + random[1:]  # clip first: never resize a whole video
-  return steps + [ToTrainingExample(tokenizer, keep)]
+  return source_kind(data).transforms(data, training) + [ToTrainingExample(tokenizer, keep)]

@@ -24,7 +24,7 @@ from experiments.cli import setup_logging
 from starflow_jax import checkpoint, image_metrics, losses, media
 from starflow_jax.model import StarFlow
 from starflow_jax.sampling import OFFICIAL_DENOISE_STEP, SamplingOptions, VideoSampler
-from starflow_jax.train import pixels_to_unit
+from data_pipeline.pixels import pixels_to_unit
 
 FLAGS = flags.FLAGS
 

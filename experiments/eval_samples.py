@@ -23,7 +23,7 @@ from experiments.cli import setup_logging
 from starflow_jax import checkpoint, media
 from starflow_jax.errors import UserError
 from starflow_jax.sampling import VideoSampler, options_from_defaults
-from starflow_jax.train import pixels_to_unit
+from data_pipeline.pixels import pixels_to_unit
 
 FLAGS = flags.FLAGS
 

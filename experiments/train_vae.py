@@ -24,7 +24,7 @@ from experiments.cli import setup_logging
 from starflow_jax import image_metrics
 from starflow_jax.autoencoder import causal_vae, vae_checkpoint
 from starflow_jax.errors import UserError
-from starflow_jax.train import pixels_to_unit
+from data_pipeline.pixels import pixels_to_unit
 
 FLAGS = flags.FLAGS
 

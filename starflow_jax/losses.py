@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -72,3 +73,13 @@ def bits_per_dim(nll_nats_per_dim: Array, num_bits: int = 8) -> Array:
   bpd = (nll + log(2^(n-1))) / log 2.
   """
   return (nll_nats_per_dim + (num_bits - 1) * math.log(2.0)) / math.log(2.0)
+
+
+def flow_score_target(x_grad: Array, noise_std: float) -> Array:
+  """The flow-score-matching target from the gradient of the batch-mean flow loss w.r.t. x~.
+
+  The loss is a mean over all B * dims elements of x~, so x_grad * x~.size is the gradient of each
+  example's own total NLL, and the target is sigma * d NLL_b / d x~_b = -sigma * grad log p(x~_b)
+  (the official `x.grad * x.numel() * noise_std`). Gradients are stopped.
+  """
+  return jax.lax.stop_gradient(x_grad * (x_grad.size * noise_std))

@@ -8,7 +8,7 @@ from absl.testing import absltest, parameterized
 from starflow_jax import losses, model as model_lib
 from starflow_jax.denoiser import frame_block_mask
 from starflow_jax.sampling import OFFICIAL_DENOISE_STEP, SamplingOptions, VideoSampler
-from starflow_jax.train import flow_score_target
+from starflow_jax.losses import flow_score_target
 from tests import helpers
 
 
