@@ -1,6 +1,6 @@
 """The model's inverse (noise -> latents), the counterpart of `model.forward`.
 
-  z -> patchify -> deep block^-1 -> shallow_block_{K-2}^-1 -> ... -> shallow_block_0^-1 -> x.
+  z -> patchify -> deep block^-1 -> shallow block K-2 ^-1 -> ... -> shallow block 0 ^-1 -> x.
 
 Each block is inverted by a `BlockInverse` (`decoding.sequential_inverse`, or
 `jacobi.jacobi_inverse` with its options), both built from the pieces in `decoding`. The rules

@@ -126,23 +126,6 @@ class DtypeTest(absltest.TestCase):
     np.testing.assert_allclose(out16.z, out32.z, atol=0.1)
 
 
-class GeluTest(absltest.TestCase):
-
-  def test_exact_gelu_is_x_times_normal_cdf(self):
-    """The MLP's erf-form GELU is PyTorch's exact GELU, x Phi(x), to float32 rounding, and has
-    the same gradient as jax.nn.gelu(approximate=False)."""
-    import math
-    from starflow_jax.layers import gelu_exact
-    x = np.linspace(-12.0, 12.0, 4801, dtype=np.float32)
-    reference = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
-    np.testing.assert_allclose(gelu_exact(jnp.asarray(x)), reference, atol=2e-6, rtol=1e-6)
-    np.testing.assert_allclose(gelu_exact(jnp.asarray(x)), jax.nn.gelu(x, approximate=False), atol=2e-6)
-    grad = jax.vmap(jax.grad(gelu_exact))(jnp.asarray(x))
-    grad_ref = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(jnp.asarray(x))
-    np.testing.assert_allclose(grad, grad_ref, atol=2e-6)
-    self.assertEqual(gelu_exact(jnp.ones((2,), jnp.bfloat16)).dtype, jnp.bfloat16)
-
-
 class GuidanceTest(absltest.TestCase):
 
   def test_guidance_formula(self):
