@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments.configs import tiny_video
 from starflow_jax import sharding
-from starflow_jax.train import Trainer, tokens_per_step
+from starflow_jax.train import Trainer
 
 FLAGS = flags.FLAGS
 
@@ -72,7 +72,7 @@ def bench(name, config):
     jax.block_until_ready(m)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
-  toks = tokens_per_step(config, trainer)
+  toks = trainer.experiment.tokens_per_step()
   flops = matmul_flops_per_token(trainer.model_config, config.model.txt_size) * toks
   params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   line = (f"{name:10s} params {params / 1e6:6.2f}M  batch {config.train.batch_size:3d}  "

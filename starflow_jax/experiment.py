@@ -1,18 +1,25 @@
-"""From an ml-collections experiment config to typed pieces, validated up front.
+"""From an ml-collections experiment config to one typed `Experiment`, validated up front.
 
 An experiment config (experiments/configs/*.py) has sections: model (ModelConfig fields), text
 (the built-in text encoder, or kind 'none'), autoencoder, data, train, mesh, checkpoint, log,
-sample. `validate_experiment` checks them together before anything is compiled, and every error
-names the field and the fix.
+sample. `validate_experiment` checks them together before anything is compiled (every error
+names the field and the fix) and returns the `Experiment`: the config turned into typed parts
+once per process, which the trainer, the train loop and the exported model directory read.
 """
 
 from __future__ import annotations
 
-import ml_collections
-import jax
+import dataclasses
+import functools
 
-from data_pipeline import sources
+import jax
+import ml_collections
+import numpy as np
+
+from data_pipeline import latents, sources
 from starflow_jax import sharding
+from starflow_jax.jacobi import JacobiOptions
+from starflow_jax.sampling import SamplingOptions, defaults_from_options
 from starflow_jax.autoencoder import AutoencoderConfig, build_autoencoder
 from starflow_jax.config import ModelConfig
 from starflow_jax.errors import UserError
@@ -50,9 +57,89 @@ def autoencoder_config(config: ml_collections.ConfigDict) -> AutoencoderConfig:
   return AutoencoderConfig(**config.autoencoder.to_dict())
 
 
-def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Checks the whole experiment config; raises ValueError naming the field and the fix."""
-  model = model_config(config)
+def sampling_options(config: ml_collections.ConfigDict, progress: bool = True) -> SamplingOptions:
+  """How this experiment's models are sampled (config.sample, the training sigma)."""
+  s = config.sample
+  return SamplingOptions(
+      method=s.method, guidance=float(s.guidance),
+      jacobi=JacobiOptions(block_size=s.jacobi_block_size, threshold=s.jacobi_threshold,
+                           max_iter=s.jacobi_max_iter),
+      denoise=s.denoise, denoise_step=s.get("denoise_step", None),
+      noise_std=float(config.train.noise_std), progress=progress).validate()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+  """An experiment config as typed parts (built once per process by `from_config`). Facts about
+  the data are read when first asked for, so that an abstract trainer (a model compiled on paper)
+  needs no dataset."""
+
+  config: ml_collections.ConfigDict  # the source (data pipeline, logging and checkpoint sections)
+  model: ModelConfig
+  text: TextEncoderConfig | None  # the built-in text encoder; None when the data has embeddings
+  autoencoder: AutoencoderConfig
+  sampling: SamplingOptions
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
+    """The typed parts, without the cross-section checks of `validate_experiment`."""
+    return cls(config=config, model=model_config(config), text=text_config(config),
+               autoencoder=autoencoder_config(config), sampling=sampling_options(config, progress=False))
+
+  @functools.cached_property
+  def _autoencoder(self):
+    return build_autoencoder(self.autoencoder)
+
+  @functools.cached_property
+  def example_shape(self) -> tuple[int, int, int, int]:
+    """(frames, height, width, channels) of the data's clips."""
+    return tuple(int(v) for v in sources.example_shape(self.config.data))
+
+  @functools.cached_property
+  def latent_frames(self) -> int:
+    try:
+      return int(self._autoencoder.latent_frames(self.example_shape[0]))
+    except ValueError as e:
+      raise UserError(f"config.data: {e}") from e
+
+  @property
+  def spatial_factor(self) -> int:
+    return int(self._autoencoder.spatial_factor)
+
+  @functools.cached_property
+  def latent_channels(self) -> int:
+    return int(self._autoencoder.latent_channels(self.example_shape[3]))
+
+  @functools.cached_property
+  def provides_embeddings(self) -> bool:
+    """Whether the data carries text embeddings (pre-encoded)."""
+    return sources.provides_embeddings(self.config.data)
+
+  @functools.cached_property
+  def null_text_embedding(self) -> np.ndarray | None:
+    """The embeddings' encoder's empty prompt [L, txt_dim], when the latents directory has one."""
+    data = self.config.data
+    if data.source == "latents" and data.latents_dir:
+      return latents.null_text_embedding(data.latents_dir)
+    return None
+
+  def sampling_defaults(self) -> dict:
+    """What the exported model directory records for the sampler: `sampling` serialised."""
+    return defaults_from_options(self.sampling, self.example_shape[0], self.latent_frames)
+
+  def tokens_per_step(self) -> int:
+    """Latent tokens per global batch (for throughput figures)."""
+    _, height, width, _ = self.example_shape
+    p = self.model.patch_size
+    grid = (height // self.spatial_factor // p) * (width // self.spatial_factor // p)
+    return self.config.train.batch_size * self.latent_frames * grid
+
+
+def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | None = None) -> Experiment:
+  """Checks the whole experiment config (raises a UserError naming the field and the fix) and
+  returns it as an `Experiment`."""
+  exp = Experiment.from_config(config)
+  model = exp.model
   train = config.train
   if num_devices is None:
     num_devices = jax.device_count()
@@ -100,35 +187,34 @@ def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | No
     raise UserError("flow-score matching learns sigma * score: set config.train.noise_std > 0")
   if train.warmup_steps >= train.num_steps:
     raise UserError(f"config.train.warmup_steps={train.warmup_steps} must be < num_steps={train.num_steps}")
-  text = text_config(config)
-  if model.conditioning == "text" and text is None and not sources.provides_embeddings(config.data):
+  text = exp.text
+  if model.conditioning == "text" and text is None and not exp.provides_embeddings:
     raise UserError("the model is text-conditioned (model.txt_dim > 0) but config.text.kind='none' and "
                     "the data source provides no text embeddings; use a built-in text encoder "
                     "(text.kind='words') or pre-encoded data with embeddings")
   if text is not None and model.conditioning != "text":
     raise UserError("config.text is set but the model has no text condition; set model.txt_size and "
                     "model.txt_dim, or text.kind='none'")
-  ae = build_autoencoder(autoencoder_config(config))
-  frames, height, width, channels = sources.example_shape(config.data)
-  lat_h, lat_w = height // ae.spatial_factor, width // ae.spatial_factor
-  if height % ae.spatial_factor or width % ae.spatial_factor:
+  frames, height, width, _ = exp.example_shape
+  factor = exp.spatial_factor
+  lat_h, lat_w = height // factor, width // factor
+  if height % factor or width % factor:
     raise UserError(f"data frames {height}x{width} are not divisible by the autoencoder's spatial "
-                    f"factor {ae.spatial_factor}")
+                    f"factor {factor}")
   if lat_h % model.patch_size or lat_w % model.patch_size:
     raise UserError(f"latent frames {lat_h}x{lat_w} are not divisible by model.patch_size="
                     f"{model.patch_size}; change the data size or the patch size")
   if max(lat_h, lat_w) != model.img_size:
     raise UserError(f"model.img_size={model.img_size} but the data's latent frames are {lat_h}x{lat_w}; "
                     f"set model.img_size={max(lat_h, lat_w)}")
-  try:
-    ae.latent_frames(frames)
-  except ValueError as e:
-    raise UserError(f"config.data: {e}") from e
-  if ae.latent_channels(channels) != model.in_channels:
+  if exp.latent_frames < 1:  # (reading it checks the clip length against the autoencoder)
+    raise UserError(f"config.data: {frames} frames give no latent frames")
+  if exp.latent_channels != model.in_channels:
     raise UserError(f"model.in_channels={model.in_channels} but the latents have "
-                    f"{ae.latent_channels(channels)} channels; set model.in_channels accordingly")
+                    f"{exp.latent_channels} channels; set model.in_channels accordingly")
   if model.is_video and train.drop_first_frame > 0 and frames < 2:
     raise UserError("drop_first_frame needs clips of at least 2 frames")
   if not model.is_video and frames != 1:
     raise UserError(f"the data has {frames} frames but the model is an image model "
                     "(temporal_causal=0); set model.temporal_causal=1 for video")
+  return exp

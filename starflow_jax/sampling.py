@@ -79,20 +79,38 @@ class SamplingOptions:
     return self
 
 
+def defaults_from_options(options: SamplingOptions, num_frames: int, latent_frames: int) -> dict:
+  """`options` serialised as a model directory's `sampling_defaults` (with the training clip
+  length in frames and latent frames); `options_from_defaults` reads them back."""
+  base = SamplingOptions()
+  defaults = {"method": options.method, "guidance": float(options.guidance),
+              "jacobi_block_size": int(options.jacobi.block_size),
+              "jacobi_threshold": float(options.jacobi.threshold),
+              "jacobi_max_iter": int(options.jacobi.max_iter), "denoise": options.denoise,
+              "noise_std": float(options.noise_std), "num_frames": int(num_frames),
+              "latent_frames": int(latent_frames)}
+  for name in ("denoise_step", "window", "context", "temperature"):  # only where not the default
+    if getattr(options, name) != getattr(base, name):
+      defaults[name] = getattr(options, name)
+  return defaults
+
+
 def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
   """The options a model directory recommends (its `sampling_defaults`: method, guidance, Jacobi
-  settings, sigma, clip length), with `overrides` on top; overrides that are None are ignored.
-  The default window is the training clip length in latent frames."""
+  settings, denoiser, sigma, clip length), with `overrides` on top; overrides that are None are
+  ignored. The default window is the training clip length in latent frames."""
   values = {key: value for key, value in overrides.items() if value is not None}
   pick = lambda key, fallback: values.pop(key, defaults.get(key, fallback))
   base = JacobiOptions()
   jacobi_options = JacobiOptions(block_size=int(pick("jacobi_block_size", base.block_size)),
                                  threshold=float(pick("jacobi_threshold", base.threshold)),
                                  max_iter=int(pick("jacobi_max_iter", base.max_iter)))
+  stored = {name: defaults[name] for name in ("denoise", "denoise_step", "context", "temperature")
+            if name in defaults and name not in values}
   return SamplingOptions(method=pick("method", "jacobi"), guidance=float(pick("guidance", 0.0)),
                          jacobi=jacobi_options, noise_std=float(pick("noise_std", 0.0)),
                          window=pick("window", defaults.get("latent_frames", defaults.get("num_frames"))),
-                         **values)
+                         **stored, **values)
 
 
 class VideoSampler:

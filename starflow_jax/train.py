@@ -337,21 +337,21 @@ def train_step(state: TrainState, batch: dict[str, Array], *, modules: StepModul
 class Trainer:
   """Static pieces of training (modules, optimizer, shardings) and the compiled step."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               exp: experiment.Experiment | None = None):
+    """`exp`: the config's `Experiment` when the caller has built it (the train loop)."""
     self.config = config
     self.mesh = mesh
-    self.model_config = experiment.model_config(config)
-    self.text_config = experiment.text_config(config)
-    self.autoencoder = build_autoencoder(experiment.autoencoder_config(config), mesh=mesh)
+    self.experiment = exp if exp is not None else experiment.Experiment.from_config(config)
+    self.model_config = self.experiment.model
+    self.text_config = self.experiment.text
+    self.autoencoder = build_autoencoder(self.experiment.autoencoder, mesh=mesh)
     self.model = StarFlow(self.model_config)
     self.text_encoder = TextEncoder(self.text_config) if self.text_config else None
     self.optimizer = make_optimizer(config.train)
     self.settings = StepSettings.from_config(config)
-    null_text_embedding = None  # the empty prompt's embedding, for pre-encoded text
-    if config.data.source == "latents" and config.data.latents_dir:
-      from data_pipeline import latents
-      null = latents.null_text_embedding(config.data.latents_dir)
-      null_text_embedding = None if null is None else jnp.asarray(null)
+    null = self.experiment.null_text_embedding  # the empty prompt's embedding, for pre-encoded text
+    null_text_embedding = None if null is None else jnp.asarray(null)
     self.rules = sharding.rules_from_config(config.mesh.get("rules"))
     self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder,
                                self.optimizer, mesh, null_text_embedding, self.rules)
@@ -455,13 +455,3 @@ def drop_first_frame_now(config: ml_collections.ConfigDict, step: int) -> bool:
     return False
   import numpy as np
   return bool(np.random.default_rng([config.seed, step, 7]).random() < p)
-
-
-def tokens_per_step(config: ml_collections.ConfigDict, trainer: Trainer) -> int:
-  """Latent tokens per global batch (for throughput figures)."""
-  from data_pipeline import sources
-  frames, height, width, _ = sources.example_shape(config.data)
-  cfg = trainer.model_config
-  grid = (height // trainer.autoencoder.spatial_factor // cfg.patch_size) * (
-      width // trainer.autoencoder.spatial_factor // cfg.patch_size)
-  return config.train.batch_size * trainer.autoencoder.latent_frames(frames) * grid

@@ -23,8 +23,7 @@ import tqdm
 
 from data_pipeline import pipeline, sources
 from starflow_jax import checkpoint as model_checkpoint
-from starflow_jax import distributed, experiment, fileio, media, metrics as metrics_lib, sharding
-from starflow_jax.autoencoder import build_autoencoder
+from starflow_jax import distributed, experiment, fileio, media, metrics as metrics_lib, sampling, sharding
 from starflow_jax.errors import UserError
 from starflow_jax.train import Trainer, TrainState, drop_first_frame_now
 from starflow_jax.train_checkpoint import TrainCheckpointer, export_model, has_checkpoints
@@ -55,9 +54,7 @@ class _Sampler:
   """Periodic samples from the current parameters (the VideoSampler is built once)."""
 
   def __init__(self, config: ml_collections.ConfigDict, trainer: Trainer, workdir):
-    from starflow_jax import sampling
     self.config, self.trainer, self.workdir = config, trainer, workdir
-    self.sampling = sampling
     self.sampler = None
     self.prompts = list(config.log.get("sample_prompts", ()))
     if not self.prompts and trainer.model_config.conditioning == "text":
@@ -69,14 +66,14 @@ class _Sampler:
   def __call__(self, step: int, state: TrainState, writer: metrics_lib.MetricWriter) -> str | None:
     """Samples (collectively); process 0 writes the grid and returns its path, the others None."""
     params = self.trainer.final_params(state)  # the EMA when there is one: what is exported
+    exp = self.trainer.experiment
     if self.sampler is None:
       bundle = model_checkpoint.ModelBundle(
           self.trainer.model_config, params["model"], self.trainer.text_config, params.get("text"),
-          experiment.autoencoder_config(self.config), null_condition=self.trainer.null_condition)
-      self.sampler = self.sampling.VideoSampler(bundle, sampling_options(self.config, progress=False),
-                                                mesh=self.trainer.mesh)
+          exp.autoencoder, null_condition=self.trainer.null_condition)
+      self.sampler = sampling.VideoSampler(bundle, exp.sampling, mesh=self.trainer.mesh)
     self.sampler.set_params(params["model"], params.get("text"))
-    frames = sources.example_shape(self.config.data)[0]
+    frames = exp.example_shape[0]
     prompts = self.prompts or None
     videos = self.sampler.generate(prompts, frames, seed=self.config.seed, batch_size=self.config.log.num_samples)
     videos = distributed.gather_to_host(videos)  # collective
@@ -92,26 +89,7 @@ class _Sampler:
 
 def sampling_defaults(config: ml_collections.ConfigDict) -> dict:
   """What the sampler should know about training: stored in the exported model directory."""
-  s = config.sample
-  frames = int(sources.example_shape(config.data)[0])
-  autoencoder = build_autoencoder(experiment.autoencoder_config(config))
-  return {"noise_std": float(config.train.noise_std), "num_frames": frames,
-          "latent_frames": int(autoencoder.latent_frames(frames)),
-          "guidance": float(s.guidance), "method": s.method,
-          "jacobi_block_size": int(s.jacobi_block_size), "jacobi_threshold": float(s.jacobi_threshold),
-          "jacobi_max_iter": int(s.jacobi_max_iter)}
-
-
-def sampling_options(config: ml_collections.ConfigDict, progress: bool = True):
-  from starflow_jax import sampling
-  from starflow_jax.jacobi import JacobiOptions
-  s = config.sample
-  return sampling.SamplingOptions(
-      method=s.method, guidance=float(s.guidance),
-      jacobi=JacobiOptions(block_size=s.jacobi_block_size, threshold=s.jacobi_threshold,
-                           max_iter=s.jacobi_max_iter),
-      denoise=s.denoise, denoise_step=s.get("denoise_step", None),
-      noise_std=float(config.train.noise_std), progress=progress)
+  return experiment.Experiment.from_config(config).sampling_defaults()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -122,10 +100,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdir = fileio.as_path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir {workdir} is a file; give a directory (new, or an earlier run's to resume)")
-  experiment.validate_experiment(config)
+  exp = experiment.validate_experiment(config)  # the config as typed parts, once
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   log.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
-  trainer = Trainer(config, mesh)
+  trainer = Trainer(config, mesh, exp)
   init_bundle = None  # parameters to start from, read (and checked) before anything is written
   if config.train.get("init_from", "") and not has_checkpoints(workdir):
     init_bundle = model_checkpoint.load_bundle(config.train.init_from)
@@ -155,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   bar = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
                   disable=not config.log.get("progress", True) or jax.process_index() != 0)
   last_time, last_step = time.time(), start_step
-  tokens_per_step = None
+  tokens_per_step = trainer.experiment.tokens_per_step()
   for step in range(start_step, num_steps):
     host_batch = next(iterator)
     batch = sharding.global_batch_from_host(
@@ -167,9 +145,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       now = time.time()
       values["steps_per_sec"] = (done - last_step) / max(now - last_time, 1e-9)
-      if tokens_per_step is None:
-        from starflow_jax.train import tokens_per_step as count_tokens
-        tokens_per_step = count_tokens(config, trainer)
       values["tokens_per_sec"] = values["steps_per_sec"] * tokens_per_step
       last_time, last_step = now, done
       writer.write_scalars(done, values)
@@ -188,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer.close()
   model_dir = export_model(workdir, trainer.final_params(state), trainer.model_config,  # collective
                            trainer.text_config,
-                           experiment.autoencoder_config(config), sampling_defaults(config),
+                           exp.autoencoder, exp.sampling_defaults(),
                            null_condition=trainer.null_condition)
   if distributed.is_primary():
     curve = metrics_lib.plot_loss_curve(workdir)

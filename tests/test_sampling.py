@@ -264,6 +264,20 @@ class OptionsFromDefaultsTest(absltest.TestCase):
     with self.assertRaises(TypeError):
       options_from_defaults(defaults, not_an_option=1)
 
+  def test_the_experiments_options_round_trip_through_the_model_directory(self):
+    """What training samples with is what the exported model directory recommends."""
+    from starflow_jax import experiment
+    from starflow_jax.sampling import options_from_defaults
+    config = tiny_video.get_config("micro")
+    config.sample.update(method="jacobi", guidance=2.5, denoise="learned", denoise_step=0.3,
+                         jacobi_block_size=8, jacobi_threshold=2e-3, jacobi_max_iter=9)
+    exp = experiment.Experiment.from_config(config)
+    defaults = exp.sampling_defaults()
+    self.assertEqual((defaults["num_frames"], defaults["latent_frames"]), (3, 3))
+    read_back = options_from_defaults(defaults, progress=False)
+    self.assertEqual(dataclasses.replace(read_back, window=None), exp.sampling)
+    self.assertEqual(read_back.window, 3)
+
 
 if __name__ == "__main__":
   absltest.main()
