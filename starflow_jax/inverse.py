@@ -74,7 +74,7 @@ def shallow_inverse(config: ModelConfig, params, h: Array, grid: TokenGrid, deep
 
 def prefix_tokens(config: ModelConfig, params, prefix: Array, cond: Array | None) -> Array:
   """The deep block's input tokens [B, Tp, N, D] for given latent frames [B, Tp, H, W, C]."""
-  return model_lib.StarFlow(config).apply({"params": params}, prefix, cond).outputs[-2]
+  return model_lib.StarFlow(config).apply({"params": params}, prefix, cond, method=model_lib.StarFlow.deep_input)
 
 
 def invert(config: ModelConfig, params, z: Array, cond: Array | None = None, *, guidance: float = 0.0,

@@ -193,6 +193,23 @@ class StarFlow(nn.Module):
     video, is_image = tokens.as_video(x)
     x_tok, grid = tokens.patchify(video, cfg.patch_size)  # [B, T, N, D]
     b, t, n, d = x_tok.shape
+    h, logdets, outputs = self._shallow_forward(x_tok, grid, cond, is_image)
+    z_tok, logdet = self.deep_block(h.reshape(b, t * n, d), grid, cond)
+    z_tok = z_tok.reshape(b, t, n, d)
+    z = tokens.unpatchify(z_tok, grid, cfg.patch_size)
+    return FlowOutput(z=z[:, 0] if is_image else z, logdets=logdets + (logdet,), outputs=outputs + (z_tok,))
+
+  def deep_input(self, x: Array, cond: Array | None = None) -> Array:
+    """The deep block's input tokens [B, T, N, D] for latents x: the shallow blocks' forward only
+    (given frames to prefill before decoding the rest)."""
+    video, is_image = tokens.as_video(x)
+    x_tok, grid = tokens.patchify(video, self.config.patch_size)
+    return self._shallow_forward(x_tok, grid, cond, is_image)[0]
+
+  def _shallow_forward(self, x_tok: Array, grid: TokenGrid, cond: Array | None, is_image: bool):
+    """(tokens after the shallow blocks [B, T, N, D], their log-dets, the token states)."""
+    cfg = self.config
+    b, t, n, d = x_tok.shape
     outputs, logdets = [x_tok], []
     h = x_tok
     s_grid = shallow_grid(cfg, grid)
@@ -207,12 +224,7 @@ class StarFlow(nn.Module):
         logdet = logdet.reshape(b, t * n, d)
       logdets.append(logdet)
       outputs.append(h)
-    z_tok, logdet = self.deep_block(h.reshape(b, t * n, d), grid, cond)
-    logdets.append(logdet)
-    z_tok = z_tok.reshape(b, t, n, d)
-    outputs.append(z_tok)
-    z = tokens.unpatchify(z_tok, grid, cfg.patch_size)
-    return FlowOutput(z=z[:, 0] if is_image else z, logdets=tuple(logdets), outputs=tuple(outputs))
+    return h, tuple(logdets), tuple(outputs)
 
   def denoise(self, x: Array, cond: Array | None = None) -> Array:
     """The denoiser network s_phi on noisy latents x (same layout as x): the official

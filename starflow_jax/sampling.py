@@ -330,7 +330,7 @@ class VideoSampler:
     window = min(t, self.options.window or t)
     context = self.options.context if self.options.context is not None else window - 1
     window_grid = TokenGrid(window, grid.height, grid.width)
-    z_perm = tokens.permute(z_tok.reshape(b, s_total, d), self.deep.order, n)
+    z_perm = tokens.permute(z_tok.reshape(b, s_total, d), self.deep.order, n).astype(jnp.float32)
     params = self.params
     state = self._start(params, z_perm, cond, window_grid, guidance)
     start = 0
@@ -373,9 +373,8 @@ class VideoSampler:
                                    self.config.cond_len)
 
   def _run_impl(self, params, state, z_perm, first, size, count, grid, guidance):
-    state, _ = jacobi.decode_span(self.deep, model_lib.deep_params(params), state, z_perm.astype(jnp.float32),
-                                  first, size, count, grid, self.config.cond_len, guidance,
-                                  self.jacobi_options)
+    state, _ = jacobi.decode_span(self.deep, model_lib.deep_params(params), state, z_perm, first, size,
+                                  count, grid, self.config.cond_len, guidance, self.jacobi_options)
     return state
 
   def _reencode_impl(self, params, state: DecodeState, cond, start, context_tokens: int, grid):

@@ -405,8 +405,7 @@ class Trainer:
   def null_condition(self):
     """The model's own null condition when it is not the default rule (pre-encoded text: the
     encoder's empty prompt [L, txt_dim]), stored with the exported model; else None."""
-    null = self.modules.null_text_embedding
-    return None if null is None else np.asarray(null).reshape(null.shape[-2:])
+    return self.experiment.null_text_embedding
 
   def final_params(self, state: TrainState):
     """The parameters to export and sample: the EMA when train.ema_decay > 0."""
@@ -453,5 +452,4 @@ def drop_first_frame_now(config: ml_collections.ConfigDict, step: int) -> bool:
   p = config.train.drop_first_frame
   if p <= 0 or not config.model.get("temporal_causal", 0):
     return False
-  import numpy as np
   return bool(np.random.default_rng([config.seed, step, 7]).random() < p)

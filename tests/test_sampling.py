@@ -159,7 +159,10 @@ class SamplerTest(absltest.TestCase):
 
 class OneInverseTest(absltest.TestCase):
   """The sampler schedules the pieces `inverse.invert` composes: on the same model, noise and
-  condition the two give the same latents, bit for bit (the same programs on the same shapes)."""
+  condition the two give the same latents. Bit for bit where both run the same programs on the
+  same shapes (whole-clip shallow blocks); where the sampler pipelines frame-local shallow blocks
+  one frame at a time (batch B instead of B*T), within the sequential decoder's batch-size
+  rounding (4e-6 of the largest value, as in test_jacobi)."""
 
   @classmethod
   def setUpClass(cls):
@@ -175,7 +178,12 @@ class OneInverseTest(absltest.TestCase):
                                                           null_cond=n, block_inverse=block_inverse, prefix=x))
     want = invert(bundle.params, z, cond, null, prefix)
     got = sampler.sample_latents(z, cond, null, prefix)
-    np.testing.assert_array_equal(got, want)
+    pipelined = bundle.config.shallow_block_local and not (
+        sampler.jacobi_options is not None and sampler.jacobi_options.reference_compatible)
+    if pipelined:
+      np.testing.assert_allclose(got, want, rtol=0, atol=4e-6 * float(jnp.abs(want).max()))
+    else:
+      np.testing.assert_array_equal(got, want)
     return want
 
   def test_golden_video_model(self):
