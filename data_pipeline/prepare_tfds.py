@@ -10,6 +10,8 @@ Downloads and builds the dataset with `file_format=array_record`, so that traini
 
 from absl import app, flags
 
+from data_pipeline.tfds_sources import spec_for
+
 FLAGS = flags.FLAGS
 
 
@@ -23,7 +25,6 @@ def define_flags():
 def main(argv):
   del argv
   import tensorflow_datasets as tfds
-  from data_pipeline.tfds_sources import spec_for
   spec_for(FLAGS.name)  # supported?
   builder = tfds.builder(FLAGS.name, data_dir=FLAGS.data_dir, file_format="array_record")
   builder.download_and_prepare()

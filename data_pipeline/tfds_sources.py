@@ -13,6 +13,7 @@ Prepare a dataset once, on a machine with internet access (see WORKSPACE.md):
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import grain
 import ml_collections
@@ -198,7 +199,6 @@ def transforms(data: ml_collections.ConfigDict, training: bool = True):
 
 def caption_vocabulary(data: ml_collections.ConfigDict) -> list[str]:
   """Words of every caption the dataset can produce (label names included)."""
-  import re
   spec = spec_for(data.tfds.name)
   words = set(re.findall(r"[a-z0-9]+", spec.caption.replace("{label}", "").lower()))
   if spec.label:

@@ -21,6 +21,7 @@ import logging
 import time
 
 from absl import app, flags
+import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
@@ -28,6 +29,7 @@ from experiments import cli
 from starflow_jax import checkpoint, distributed, fileio, media
 from starflow_jax.errors import UserError
 from starflow_jax.sampling import SamplingOptions, VideoSampler, options_from_defaults
+from starflow_jax.text.t5 import T5TextEncoder
 
 FLAGS = flags.FLAGS
 
@@ -98,7 +100,6 @@ def _read_frames(path) -> np.ndarray:
       elif suffix in IMAGE_SUFFIXES:
         frames = np.asarray(Image.open(f).convert("RGB"))[None]
       else:
-        import imageio.v3 as iio
         source = f.read() if fileio.is_url(path) else str(path)  # ffmpeg reads local files itself
         frames = np.asarray(iio.imread(source, index=None, extension=suffix))
   except Exception as e:  # noqa: BLE001 - the decoders raise many types; any means "not readable"
@@ -177,17 +178,15 @@ def main(argv):
     raise UserError("this model is conditioned: give --prompt (a caption, or a class id)")
   if FLAGS.mode == "v2v":
     prompts = [p if p.startswith("(v2v)") else "(v2v) " + p for p in prompts]
-  condition = None
-  if FLAGS.mode != "t2v":
-    from starflow_jax.autoencoder import build_autoencoder
-    pixel_size = bundle.config.img_size * build_autoencoder(bundle.autoencoder_config).spatial_factor
-    max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
-    condition = load_frames(FLAGS.input, pixel_size, max_frames)[None]
   text_encoder = None
   if FLAGS.t5:
-    from starflow_jax.text.t5 import T5TextEncoder
     text_encoder = T5TextEncoder(FLAGS.t5, bundle.config.txt_size)
   sampler = VideoSampler(bundle, options, text_encoder=text_encoder)
+  condition = None
+  if FLAGS.mode != "t2v":
+    pixel_size = bundle.config.img_size * sampler.autoencoder.spatial_factor
+    max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
+    condition = load_frames(FLAGS.input, pixel_size, max_frames)[None]
   start = time.time()
   videos = sampler.generate(prompts or None, num_frames, FLAGS.seed, condition_video=condition,
                             batch_size=FLAGS.num_samples)

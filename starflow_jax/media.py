@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import imageio.v2 as imageio
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -54,11 +55,6 @@ def save_gif(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str:
 
 def save_mp4(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str | None:
   """Writes an H.264 MP4 with the ffmpeg binary bundled by imageio-ffmpeg; None if unavailable."""
-  try:
-    import imageio.v2 as imageio
-  except ImportError:  # pragma: no cover
-    warnings.warn("imageio is not installed; skipping MP4 output")
-    return None
   frames = upscale(to_uint8(video), min_side)
   h, w = frames.shape[1:3]
   frames = frames[:, : h - h % 16 or h, : w - w % 16 or w]  # macroblock-aligned for H.264

@@ -54,7 +54,7 @@ class MetricWriter:
     if self.active:
       self._jsonl = _JsonLines(self.workdir / METRICS_FILE)
       if tensorboard:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # heavy (protobuf): only where TensorBoard is written
         self._tb = SummaryWriter(os.fspath(self.workdir / "tensorboard"))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:

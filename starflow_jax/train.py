@@ -29,14 +29,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from data_pipeline.pixels import pixels_to_unit
 from starflow_jax import axes, experiment, losses, model as model_lib, sharding
-from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.config import ModelConfig
+from starflow_jax.experiment import OptimizerSettings, StepSettings
 from starflow_jax.model import StarFlow, example_condition, example_latents
 from starflow_jax.text.encoder import TextEncoder
 from starflow_jax.text.tokenizer import SPECIAL_TOKENS, BOS
@@ -55,35 +54,6 @@ class TrainState:
   rng: Array
   skipped_steps: Array
   ema_params: Any = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSettings:
-  """Static (hashable) settings of the train step, read from config.train."""
-
-  noise_std: float
-  dequantize: bool
-  drop_label: float
-  latent_norm_reg: float
-  grad_clip: float
-  grad_skip: bool
-  grad_skip_after: int
-  flow_score_matching: bool
-  pre_encoded: bool
-  extend_tag: int
-  grad_accum_steps: int = 1
-  ema_decay: float = 0.0
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "StepSettings":
-    t = config.train
-    return cls(noise_std=float(t.noise_std), dequantize=bool(t.dequantize), drop_label=float(t.drop_label),
-               latent_norm_reg=float(t.latent_norm_reg), grad_clip=float(t.grad_clip),
-               grad_skip=bool(t.grad_skip), grad_skip_after=int(t.grad_skip_after),
-               flow_score_matching=bool(t.flow_score_matching),
-               pre_encoded=config.data.source == "latents",
-               extend_tag=SPECIAL_TOKENS.index("(extend)"),
-               grad_accum_steps=int(t.get("grad_accum_steps", 1)), ema_decay=float(t.get("ema_decay", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -121,7 +91,7 @@ def _label_fn(params):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(train: OptimizerSettings) -> optax.GradientTransformation:
   """AdamW with linear warm-up and cosine decay for the flow (official betas 0.9/0.95, wd 1e-4), and
   a separate AdamW (lr 1e-4, wd 1e-4, cosine) for the denoiser. Clipping happens in the step."""
   def schedule(peak, end):
@@ -345,14 +315,14 @@ class Trainer:
     self.experiment = exp if exp is not None else experiment.Experiment.from_config(config)
     self.model_config = self.experiment.model
     self.text_config = self.experiment.text
-    self.autoencoder = build_autoencoder(self.experiment.autoencoder, mesh=mesh)
+    self.autoencoder = self.experiment.build_autoencoder(mesh)
     self.model = StarFlow(self.model_config)
     self.text_encoder = TextEncoder(self.text_config) if self.text_config else None
-    self.optimizer = make_optimizer(config.train)
-    self.settings = StepSettings.from_config(config)
+    self.optimizer = make_optimizer(self.experiment.optimizer)
+    self.settings = self.experiment.step
     null = self.experiment.null_text_embedding  # the empty prompt's embedding, for pre-encoded text
     null_text_embedding = None if null is None else jnp.asarray(null)
-    self.rules = sharding.rules_from_config(config.mesh.get("rules"))
+    self.rules = self.experiment.mesh.rules
     self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder,
                                self.optimizer, mesh, null_text_embedding, self.rules)
     boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
@@ -446,10 +416,3 @@ class Trainer:
     return jax.jit(grads_of, in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
                    out_shardings=(self.state_shardings.params, sharding.replicated(self.mesh)))(state, batch)
 
-
-def drop_first_frame_now(config: ml_collections.ConfigDict, step: int) -> bool:
-  """Host-side, deterministic in (seed, step): does this step train on clips without frame 0?"""
-  p = config.train.drop_first_frame
-  if p <= 0 or not config.model.get("temporal_causal", 0):
-    return False
-  return bool(np.random.default_rng([config.seed, step, 7]).random() < p)

@@ -22,7 +22,7 @@ jax.config.update("jax_threefry_partitionable", True)
 import ml_collections  # noqa: E402
 
 from experiments.configs import tiny_video  # noqa: E402
-from starflow_jax import fileio, sharding, train_loop  # noqa: E402
+from starflow_jax import experiment, fileio, sharding, train_loop  # noqa: E402
 from starflow_jax.train import Trainer  # noqa: E402
 from starflow_jax.train_checkpoint import TrainCheckpointer  # noqa: E402
 
@@ -36,7 +36,7 @@ def restore(workdir: str, mesh_shape: str, out: str) -> None:
   config = ml_collections.ConfigDict(fileio.read_json(fileio.as_path(workdir) / "config.json"))
   config.mesh.shape = tuple(int(s) for s in mesh_shape.split(","))
   trainer = Trainer(config, sharding.make_mesh(config.mesh.shape))
-  iterator = iter(train_loop.build_train_data(config, trainer.mesh, trainer.text_config))
+  iterator = iter(train_loop.build_train_data(trainer.experiment, trainer.mesh))
   ckpt = TrainCheckpointer(workdir, config.checkpoint.every_steps, config.checkpoint.keep)
   step = ckpt.latest_step()
   state = ckpt.restore(step, trainer.abstract_state, iterator)
@@ -53,7 +53,7 @@ def shards(prefix: str) -> None:
   config.train.update(batch_size=8)
   config.mesh.update(shape=(2, 2, 2))
   mesh = sharding.make_mesh(config.mesh.shape)
-  iterator = iter(train_loop.build_train_data(config, mesh, None))
+  iterator = iter(train_loop.build_train_data(experiment.Experiment.from_config(config), mesh))
   batches = [[hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest() for v in next(iterator)["video"]]
              for _ in range(64 // 8)]
   record = {"process": jax.process_index(), "count": jax.process_count(),

@@ -22,7 +22,7 @@ from absl.testing import absltest
 
 from data_pipeline import latents, preencode
 from experiments.configs import tiny_video
-from starflow_jax import checkpoint, metrics, sharding, train_loop
+from starflow_jax import checkpoint, experiment, metrics, sharding, train_loop
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 from starflow_jax.train_checkpoint import checkpoint_directory
 from tests import multiprocess
@@ -136,7 +136,7 @@ class MultiHostTest(absltest.TestCase):
     config = micro_config()
     config.data.shapes.update(num_examples=64)
     config.train.update(batch_size=8)
-    iterator = iter(train_loop.build_train_data(config, sharding.make_mesh((2, 2, 2))))
+    iterator = iter(train_loop.build_train_data(experiment.Experiment.from_config(config), sharding.make_mesh((2, 2, 2))))
     reference = [[hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest() for v in next(iterator)["video"]]
                  for _ in range(8)]
     self.assertLen({h for batch in reference for h in batch}, 64)  # one epoch: every clip once

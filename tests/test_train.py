@@ -198,11 +198,11 @@ class LargeBatchTest(absltest.TestCase):
     self.assertFalse(all(np.array_equal(a, b) for a, b in zip(
         jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(jax.device_get(state.params)))))
     workdir = self.create_tempdir().full_path
-    iterator = iter(train_loop.build_train_data(config, self.mesh))
+    iterator = iter(train_loop.build_train_data(trainer.experiment, self.mesh))
     ckpt = TrainCheckpointer(workdir, 3, 2)
     ckpt.save(3, state, iterator, config, force=True)
     ckpt.wait()
-    restored = ckpt.restore(3, trainer.abstract_state, iter(train_loop.build_train_data(config, self.mesh)))
+    restored = ckpt.restore(3, trainer.abstract_state, iter(train_loop.build_train_data(trainer.experiment, self.mesh)))
     ckpt.close()
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(restored.ema_params), ema)
     export_model(workdir, trainer.final_params(state), trainer.model_config, trainer.text_config)

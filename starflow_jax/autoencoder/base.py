@@ -11,12 +11,14 @@ decode long videos in chunks of latent frames so memory stays flat.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
+from starflow_jax.autoencoder import causal_vae, vae_checkpoint, wan_vae
 from starflow_jax.errors import UserError
 
 # Latent frames a decoded pixel frame can depend on, behind its own (causal_vae.Decoder: the res
@@ -43,6 +45,18 @@ class AutoencoderConfig:
     return cls(**d)
 
 
+def _on_mesh(autoencoder, mesh, lazy: tuple[str, ...]):
+  """`autoencoder` with its weights for `mesh`: itself when the mesh is its own, else a copy that
+  shares the configuration read from disk and loads (or places) the weights anew when used."""
+  if mesh is getattr(autoencoder, "mesh", None):
+    return autoencoder
+  moved = copy.copy(autoencoder)
+  moved.mesh = mesh
+  for name in lazy:  # cached, placed for the other mesh
+    moved.__dict__.pop(name, None)
+  return moved
+
+
 class IdentityAutoencoder:
   """Pixel space: latents are the (normalised) pixels themselves; no parameters."""
 
@@ -51,6 +65,9 @@ class IdentityAutoencoder:
 
   def __init__(self, config: AutoencoderConfig):
     self.config = config
+
+  def on_mesh(self, mesh):
+    return self
 
   def latent_channels(self, channels: int) -> int:
     return channels
@@ -69,7 +86,6 @@ class CausalVAEAutoencoder:
   """The small causal 3D VAE of `causal_vae.py`, frozen, from an autoencoder directory."""
 
   def __init__(self, config: AutoencoderConfig, mesh: jax.sharding.Mesh | None = None):
-    from starflow_jax.autoencoder import causal_vae, vae_checkpoint
     if not config.checkpoint:
       raise UserError("autoencoder kind 'causal_vae' needs autoencoder.checkpoint: the directory "
                       "written by `python -m experiments.train_vae`")
@@ -86,11 +102,14 @@ class CausalVAEAutoencoder:
 
   @functools.cached_property
   def params(self):
-    from starflow_jax.autoencoder import vae_checkpoint
     params = vae_checkpoint.load(self.config.checkpoint)[1]
     if self.mesh is not None:
       params = jax.device_put(params, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
     return params
+
+  def on_mesh(self, mesh: jax.sharding.Mesh | None):
+    """This autoencoder with its weights replicated over `mesh` instead."""
+    return _on_mesh(self, mesh, ("params",))
 
   def latent_channels(self, channels: int) -> int:
     return self.vae_config.latent_channels
@@ -129,7 +148,6 @@ class WanAutoencoder:
 
   def __init__(self, config: AutoencoderConfig, expected_factors: tuple[int, int] | None = None,
                mesh: jax.sharding.Mesh | None = None):
-    from starflow_jax.autoencoder import wan_vae
     self.config = config
     self.mesh = mesh  # batches split over its (data, fsdp) axes, weights replicated
     self.vae_config = wan_vae.load_config(config.checkpoint)
@@ -142,17 +160,19 @@ class WanAutoencoder:
 
   @functools.cached_property
   def runner(self):
-    from starflow_jax.autoencoder import wan_vae
     _, params = wan_vae.load_diffusers(self.config.checkpoint)
     return wan_vae.WanVAERunner(self.vae_config, params, jnp.dtype(self.config.dtype),
                                 encode_chunk=self.config.encode_chunk, decode_chunk=self.config.decode_chunk,
                                 mesh=self.mesh)
 
+  def on_mesh(self, mesh: jax.sharding.Mesh | None):
+    """This autoencoder with its batches split over `mesh` instead."""
+    return _on_mesh(self, mesh, ("runner",))
+
   def latent_channels(self, channels: int) -> int:
     return self.vae_config.z_dim
 
   def latent_frames(self, frames: int) -> int:
-    from starflow_jax.autoencoder import causal_vae
     causal_vae.check_frames(frames, self.temporal_factor)
     return (frames - 1) // self.temporal_factor + 1
 
@@ -173,6 +193,9 @@ class PretrainedLatentSpace:
   def __init__(self, config: AutoencoderConfig, spatial: int, temporal: int, channels: int):
     self.config = config
     self.spatial_factor, self.temporal_factor, self._channels = spatial, temporal, channels
+
+  def on_mesh(self, mesh):
+    return self
 
   def latent_channels(self, channels: int) -> int:
     return self._channels

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
@@ -44,6 +43,7 @@ from jax import lax
 from starflow_jax import fileio, sharding
 from starflow_jax.autoencoder import causal_vae
 from starflow_jax.errors import UserError
+from starflow_jax.interop.state_dict_io import read_hf_directory, write_safetensors
 
 Array = jnp.ndarray
 CONV_DIMS = ("NDHWC", "DHWIO", "NDHWC")
@@ -665,7 +665,6 @@ def state_dict_from_params(params) -> dict[str, np.ndarray]:
 
 def save_diffusers(directory: str, config: WanVAEConfig, params) -> None:
   """Writes a diffusers-loadable folder (config.json + diffusion_pytorch_model.safetensors)."""
-  from starflow_jax.interop.state_dict_io import write_safetensors
   if os.path.exists(os.path.join(directory, "config.json")):
     raise FileExistsError(f"{directory} already holds a config.json; choose a new directory")
   os.makedirs(directory, exist_ok=True)
@@ -676,13 +675,11 @@ def save_diffusers(directory: str, config: WanVAEConfig, params) -> None:
     if not values[key]:
       values[key] = [0.0 if key == "latents_mean" else 1.0] * config.z_dim
   write_safetensors(os.path.join(directory, WEIGHTS), state_dict_from_params(params))
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(values, f, indent=2)
+  fileio.write_json(os.path.join(directory, "config.json"), values)
 
 
 def load_diffusers(directory: str) -> tuple[WanVAEConfig, dict]:
   """(config, params) of a diffusers AutoencoderKLWan folder (or a pipeline root with vae/)."""
-  from starflow_jax.interop.state_dict_io import read_hf_directory
   config = load_config(directory)
   directory = diffusers_directory(directory)
   return config, params_from_state_dict(config, read_hf_directory(directory, WEIGHTS), directory)
