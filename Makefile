@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q -n 2 --dist loadfile --durations=20
 DEMO_DIR ?= demo_output
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv format clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+format: venv
+	$(PY) -m yapf -i -p $$(git ls-files '*.py')
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
