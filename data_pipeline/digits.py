@@ -51,5 +51,8 @@ class DigitsSource:
 
   def __getitem__(self, index: int) -> dict:
     label = int(self.labels[index])
-    return {"video": self.images[index][None, :, :, None], "label": np.int32(label),
-            "caption": f"a handwritten digit {label}"}
+    return {
+        "video": self.images[index][None, :, :, None],
+        "label": np.int32(label),
+        "caption": f"a handwritten digit {label}"
+    }

@@ -42,8 +42,9 @@ def shard_paths(directory, split: str) -> list[str]:
 
 
 def encode_record(record: dict) -> bytes:
-  return serialization.msgpack_serialize({k: (np.asarray(v) if not isinstance(v, str) else v)
-                                          for k, v in record.items()})
+  return serialization.msgpack_serialize({
+      k: (np.asarray(v) if not isinstance(v, str) else v) for k, v in record.items()
+  })
 
 
 def decode_record(data: bytes) -> dict:

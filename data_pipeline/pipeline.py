@@ -151,11 +151,12 @@ def build_dataset(source, options: PipelineOptions, transforms: Sequence = ()) -
     else:
       ds = ds.map(transform)
   ds = ds.batch(options.batch_size, drop_remainder=options.drop_remainder)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=options.read_threads,
-                                            prefetch_buffer_size=options.prefetch_buffer_size))
+  it = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=options.read_threads, prefetch_buffer_size=options.prefetch_buffer_size))
   if options.worker_count > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.worker_count,
-                                                     per_worker_buffer_size=options.worker_buffer_size))
+    it = it.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=options.worker_count,
+                                     per_worker_buffer_size=options.worker_buffer_size))
   return it
 
 

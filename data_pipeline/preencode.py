@@ -145,9 +145,15 @@ def _records(batch: dict, lat: np.ndarray, emb: np.ndarray | None):
     yield record
 
 
-def preencode(config, out_dir: str, split: str = "train", num_examples: int | None = None,
-              shard_size: int = 1000, batch_size: int = 32, text_model: str | None = None,
-              t5: str | None = None, progress: bool = True) -> dict:
+def preencode(config,
+              out_dir: str,
+              split: str = "train",
+              num_examples: int | None = None,
+              shard_size: int = 1000,
+              batch_size: int = 32,
+              text_model: str | None = None,
+              t5: str | None = None,
+              progress: bool = True) -> dict:
   """Writes the shards of one split and (re)writes metadata.json; returns the metadata.
 
   Collective in a multi-host run: every process calls it with the same arguments."""
@@ -164,16 +170,21 @@ def preencode(config, out_dir: str, split: str = "train", num_examples: int | No
   if total <= 0:
     raise UserError(f"nothing to encode: the {split!r} split is empty")
   process, processes = jax.process_index(), jax.process_count()
-  options = pipeline.PipelineOptions(batch_size=batch_size, shuffle=False, num_epochs=1,
-                                     drop_remainder=False, shard_index=process, shard_count=processes)
+  options = pipeline.PipelineOptions(batch_size=batch_size,
+                                     shuffle=False,
+                                     num_epochs=1,
+                                     drop_remainder=False,
+                                     shard_index=process,
+                                     shard_count=processes)
   tokenizer = exp.text.tokenizer if exp.text else None
-  dataset = pipeline.build_dataset(_Head(source, total), options, sources.element_transforms(
-      exp.data, tokenizer, training=False, keep=("caption",)))
+  dataset = pipeline.build_dataset(_Head(source, total), options,
+                                   sources.element_transforms(exp.data, tokenizer, training=False, keep=("caption",)))
   encode, captions = latent_encoder(exp), caption_embedder(config, text_model, t5)
   per_process = -(-pipeline.host_share(total, batch_size, 0, processes) // shard_size)  # host 0 has the most
   shards = _ShardWriter(out_dir, split, shard_size, per_process, processes)
   bar = tqdm.tqdm(total=pipeline.host_share(total, batch_size, process, processes),
-                  desc=f"encoding {split}", disable=not progress or process != 0)
+                  desc=f"encoding {split}",
+                  disable=not progress or process != 0)
   latent_shape = None
   try:
     for batch in dataset:
@@ -198,10 +209,14 @@ def _write_metadata(exp: experiment.Experiment, out_dir, split: str, written: in
   metadata_path = out_dir / latents.METADATA
   metadata = fileio.read_json(metadata_path) if metadata_path.exists() else {"splits": {}}
   metadata.update({
-      "video_shape": list(exp.example_shape), "latent_shape": latent_shape,
-      "autoencoder": exp.autoencoder.to_dict(), "vocabulary": sources.caption_vocabulary(exp.data),
-      "text_embeddings": captions is not None, "text_encoder": captions.source if captions else "",
-      "source": exp.data.source})
+      "video_shape": list(exp.example_shape),
+      "latent_shape": latent_shape,
+      "autoencoder": exp.autoencoder.to_dict(),
+      "vocabulary": sources.caption_vocabulary(exp.data),
+      "text_embeddings": captions is not None,
+      "text_encoder": captions.source if captions else "",
+      "source": exp.data.source
+  })
   metadata["splits"][split] = written
   if distributed.is_primary():
     if captions is not None:
@@ -215,8 +230,8 @@ def main(argv):
   del argv
   cli.setup_logging()
   cli.start_distributed(FLAGS.multihost)  # before any backend exists
-  metadata = preencode(cli.config_flag("config"), FLAGS.out_dir, FLAGS.split, FLAGS.num_examples,
-                       FLAGS.shard_size, FLAGS.batch_size, FLAGS.text_model, FLAGS.t5)
+  metadata = preencode(cli.config_flag("config"), FLAGS.out_dir, FLAGS.split, FLAGS.num_examples, FLAGS.shard_size,
+                       FLAGS.batch_size, FLAGS.text_model, FLAGS.t5)
   if distributed.is_primary():
     print(f"wrote {metadata['splits'][FLAGS.split]} clips of latents {metadata['latent_shape']} "
           f"to {FLAGS.out_dir}")

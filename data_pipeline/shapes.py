@@ -17,9 +17,14 @@ import numpy as np
 from starflow_jax.errors import UserError
 
 COLORS = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
-    "yellow": (240, 220, 40), "magenta": (220, 50, 220), "cyan": (40, 220, 230),
-    "white": (245, 245, 245), "orange": (250, 140, 20),
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+    "magenta": (220, 50, 220),
+    "cyan": (40, 220, 230),
+    "white": (245, 245, 245),
+    "orange": (250, 140, 20),
 }
 SHAPES = ("square", "circle", "triangle", "diamond")
 DIRECTIONS = {"left": (0.0, -1.0), "right": (0.0, 1.0), "up": (-1.0, 0.0), "down": (1.0, 0.0)}
@@ -44,8 +49,10 @@ class ShapesConfig:
   seed: int = 0
 
   def validate(self) -> "ShapesConfig":
+
     def fail(msg):
       raise UserError(f"invalid shapes dataset config: {msg}")
+
     if self.num_frames < 1 or self.height < 4 or self.width < 4:
       fail(f"need num_frames >= 1 and frames of at least 4x4 pixels, got {self.num_frames} frames "
            f"of {self.height}x{self.width}")
@@ -69,8 +76,7 @@ class ShapesConfig:
     return ["a", "and", "moving"] + list(self.colors) + list(self.shapes) + list(DIRECTIONS)
 
 
-def _bounce(start: np.ndarray, velocity: np.ndarray, low: np.ndarray, high: np.ndarray,
-            num_frames: int) -> np.ndarray:
+def _bounce(start: np.ndarray, velocity: np.ndarray, low: np.ndarray, high: np.ndarray, num_frames: int) -> np.ndarray:
   """Positions [T, 2] of a point moving at constant velocity, reflected at low/high."""
   t = np.arange(num_frames, dtype=np.float64)[:, None]
   span = np.maximum(high - low, 1e-9)
@@ -137,10 +143,13 @@ class MovingShapesSource:
       start_low = np.where(velocity < 0, np.minimum(low + travel, high), low)
       start_high = np.where(velocity > 0, np.maximum(high - travel, low), high)
       start = rng.uniform(start_low, start_high)
-      objects.append(dict(
-          shape=str(rng.choice(c.shapes)), color=str(rng.choice(c.colors)), direction=direction,
-          radius=radius, velocity=velocity,
-          positions=_bounce(start, velocity, low, high, c.num_frames)))
+      objects.append(
+          dict(shape=str(rng.choice(c.shapes)),
+               color=str(rng.choice(c.colors)),
+               direction=direction,
+               radius=radius,
+               velocity=velocity,
+               positions=_bounce(start, velocity, low, high, c.num_frames)))
     return objects
 
   def render(self, objects: list[dict]) -> np.ndarray:

@@ -50,8 +50,7 @@ def clip_direction(video: np.ndarray, threshold: int = 80, direction_frames: int
   return max(DIRECTIONS, key=lambda name: float(np.dot(step, DIRECTIONS[name])))
 
 
-def score_clips(videos: np.ndarray, captions: list[str], palette: tuple[str, ...],
-                threshold: int = 80) -> dict:
+def score_clips(videos: np.ndarray, captions: list[str], palette: tuple[str, ...], threshold: int = 80) -> dict:
   """Colour and direction accuracy of uint8 clips [N, T, H, W, 3] against their captions."""
   if len(videos) != len(captions):
     raise ValueError(f"{len(videos)} clips but {len(captions)} captions")
@@ -63,6 +62,11 @@ def score_clips(videos: np.ndarray, captions: list[str], palette: tuple[str, ...
     colour_hits += found == colour
     direction_hits += clip_direction(video, threshold) == direction
   n = max(1, len(captions))
-  return {"clips": len(captions), "visible": visible / n, "colour_accuracy": colour_hits / n,
-          "direction_accuracy": direction_hits / n, "colour_chance": 1.0 / len(palette),
-          "direction_chance": 1.0 / len(DIRECTIONS)}
+  return {
+      "clips": len(captions),
+      "visible": visible / n,
+      "colour_accuracy": colour_hits / n,
+      "direction_accuracy": direction_hits / n,
+      "colour_chance": 1.0 / len(palette),
+      "direction_chance": 1.0 / len(DIRECTIONS)
+  }

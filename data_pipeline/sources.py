@@ -109,8 +109,7 @@ class _Latents(SourceKind):
     return bool(latents.read_metadata(data.latents_dir).get("text_embeddings"))
 
 
-SOURCES: dict[str, SourceKind] = {"shapes": _Shapes(), "digits": _Digits(), "tfds": _Tfds(),
-                                  "latents": _Latents()}
+SOURCES: dict[str, SourceKind] = {"shapes": _Shapes(), "digits": _Digits(), "tfds": _Tfds(), "latents": _Latents()}
 
 
 def source_kind(data: ml_collections.ConfigDict) -> SourceKind:
@@ -140,7 +139,9 @@ def example_shape(data: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
   return source_kind(data).example_shape(data)
 
 
-def element_transforms(data: ml_collections.ConfigDict, tokenizer=None, training: bool = True,
+def element_transforms(data: ml_collections.ConfigDict,
+                       tokenizer=None,
+                       training: bool = True,
                        keep: tuple[str, ...] = ()) -> list:
   """The per-element transforms of `data.source`, ending with the model-input selection."""
   return source_kind(data).transforms(data, training) + [ToTrainingExample(tokenizer, keep)]

@@ -35,8 +35,7 @@ class DatasetSpec:
 
 
 SPECS = {
-    "moving_mnist": DatasetSpec("image_sequence", True, caption="handwritten digits moving",
-                                default_split="test"),
+    "moving_mnist": DatasetSpec("image_sequence", True, caption="handwritten digits moving", default_split="test"),
     "bair_robot_pushing_small": DatasetSpec("image_main", True, caption="a robot arm pushing objects"),
     "ucf101": DatasetSpec("video", True, label="label", caption="a video of {label}"),
     "mnist": DatasetSpec("image", False, label="label", caption="a handwritten digit {label}"),
@@ -66,17 +65,17 @@ def _video_features_without_tensorflow() -> None:
   from tensorflow_datasets.core.features import video_feature
   if not isinstance(getattr(video_feature, "tf", None), types.SimpleNamespace):
     video_feature.tf = types.SimpleNamespace(dtypes=types.SimpleNamespace(as_dtype=np.dtype),
-                                             uint8=np.uint8, uint16=np.uint16)
+                                             uint8=np.uint8,
+                                             uint16=np.uint16)
 
 
 def _missing_data_error(name: str, split: str, data_dir: str, error: Exception) -> ValueError:
   where = data_dir or "~/tensorflow_datasets"
-  return ValueError(
-      f"tfds dataset {name!r} (split {split!r}) is not prepared in {where} ({type(error).__name__}). "
-      f"Prepare it once on a machine with internet access:\n"
-      f"  python -m data_pipeline.prepare_tfds --name={name} --data_dir={where}\n"
-      f"(or: tfds build {name} --data_dir={where} --file_format=array_record), then point "
-      f"config.data.tfds.data_dir at that directory. Nothing is downloaded during training.")
+  return ValueError(f"tfds dataset {name!r} (split {split!r}) is not prepared in {where} ({type(error).__name__}). "
+                    f"Prepare it once on a machine with internet access:\n"
+                    f"  python -m data_pipeline.prepare_tfds --name={name} --data_dir={where}\n"
+                    f"(or: tfds build {name} --data_dir={where} --file_format=array_record), then point "
+                    f"config.data.tfds.data_dir at that directory. Nothing is downloaded during training.")
 
 
 class TfdsSource:
@@ -142,7 +141,7 @@ class RandomClip(grain.transforms.RandomMap):
       raise UserError(f"a clip of {self.num_frames} frames with stride {self.stride} needs {span} "
                       f"frames but the video has {video.shape[0]}; use fewer frames or a smaller stride")
     start = int(rng.integers(0, video.shape[0] - span + 1)) if self.random_start else 0
-    return {**element, "video": video[start: start + span: self.stride]}
+    return {**element, "video": video[start:start + span:self.stride]}
 
 
 class CenterCropResize(grain.transforms.Map):
@@ -168,6 +167,7 @@ class CenterCropResize(grain.transforms.Map):
 
 
 class RandomFlip(grain.transforms.RandomMap):
+
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     if rng.random() < 0.5:
       return {**element, "video": element["video"][:, :, ::-1]}

@@ -50,8 +50,10 @@ def main(argv):
     for workers in (0, 2):
       print(f"procedural shapes, {workers} workers: {throughput(source, shapes_transforms, workers):8.0f} examples/s",
             flush=True)
-      print(f"ArrayRecord latents, {workers} workers: "
-            f"{throughput(latent_source, sources.element_transforms(c), workers):8.0f} examples/s", flush=True)
+      print(
+          f"ArrayRecord latents, {workers} workers: "
+          f"{throughput(latent_source, sources.element_transforms(c), workers):8.0f} examples/s",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from starflow_jax import sharding  # noqa: E402
 from starflow_jax.train import Trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
-GIB = 2 ** 30
+GIB = 2**30
 CONFIGS = {"7b": starflow_v_7b_t2v_480p, "3b": starflow_3b_t2i_256}
 # The 7B's clips: 81 frames at 640x480 -> 21 WAN 2.2 latent frames of 30 x 40 (16x, 4x).
 LATENT_SHAPES = {"7b": (21, 30, 40), "3b": (1, 32, 32)}
@@ -43,8 +43,9 @@ def define_flags():
   """Registers the flags of this command; called only when it runs as a program, so that
   every module can be imported into one process (tests) without clashing flag names."""
   flags.DEFINE_string("which", "7b,3b", "comma list: 7b, 3b")
-  flags.DEFINE_string("topology", "", "TPU topology to compile for without devices (e.g. v5p:4x4x8); "
-                      "empty: this machine's devices (8 simulated CPU devices)")
+  flags.DEFINE_string(
+      "topology", "", "TPU topology to compile for without devices (e.g. v5p:4x4x8); "
+      "empty: this machine's devices (8 simulated CPU devices)")
   flags.DEFINE_string("mesh", "1,-1,1", "(data, fsdp, tensor); -1 takes the remaining devices")
   flags.DEFINE_string("per_device", "1,2", "two per-device batch sizes (examples per data shard)")
   flags.DEFINE_integer("grad_accum_steps", 1, "microbatches per step in the compiled program")
@@ -72,7 +73,8 @@ def compile_step(name: str, mesh_shape, per_device: int):
   spec = sharding.batch_sharding(mesh)
   abstract_batch = {
       "video": jax.ShapeDtypeStruct((batch, frames, height, width, model.in_channels), jnp.float32, sharding=spec),
-      "text_embeddings": jax.ShapeDtypeStruct((batch, model.txt_size, model.txt_dim), jnp.float32, sharding=spec)}
+      "text_embeddings": jax.ShapeDtypeStruct((batch, model.txt_size, model.txt_dim), jnp.float32, sharding=spec)
+  }
   start = time.perf_counter()
   compiled = trainer.compiled_step(False).lower(trainer.abstract_state, abstract_batch).compile()
   seconds = time.perf_counter() - start
@@ -89,19 +91,25 @@ def report(name: str) -> None:
   for m in (m1, m2):
     memory, flops, seconds, state_bytes, mesh, batch = compile_step(name, mesh_shape, m)
     rows[m] = memory
-    print(f"{name} | {len(mesh.devices.flat)} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
-          f"batch {batch} ({m}/device, {FLAGS.grad_accum_steps} microbatch) | per device: arguments "
-          f"{memory.argument_size_in_bytes / GIB:.2f} GiB, outputs {memory.output_size_in_bytes / GIB:.2f} GiB "
-          f"(aliased {memory.alias_size_in_bytes / GIB:.2f}), temporaries {memory.temp_size_in_bytes / GIB:.2f} GiB | "
-          f"{flops / 1e12:.1f} TFLOP | compile {seconds:.0f} s", flush=True)
+    print(
+        f"{name} | {len(mesh.devices.flat)} x {mesh.devices.flat[0].device_kind} | mesh {dict(mesh.shape)} | "
+        f"batch {batch} ({m}/device, {FLAGS.grad_accum_steps} microbatch) | per device: arguments "
+        f"{memory.argument_size_in_bytes / GIB:.2f} GiB, outputs {memory.output_size_in_bytes / GIB:.2f} GiB "
+        f"(aliased {memory.alias_size_in_bytes / GIB:.2f}), temporaries {memory.temp_size_in_bytes / GIB:.2f} GiB | "
+        f"{flops / 1e12:.1f} TFLOP | compile {seconds:.0f} s",
+        flush=True)
   per_example = (rows[m2].temp_size_in_bytes - rows[m1].temp_size_in_bytes) / (m2 - m1) / GIB
   fixed = rows[m1].temp_size_in_bytes / GIB - m1 * per_example
   config = CONFIGS[name].get_config()
-  print(f"{name} | activations {per_example:.2f} GiB per example per device, fixed temporaries "
-        f"{fixed:.2f} GiB, train state {state_bytes / GIB:.1f} GiB in all", flush=True)
+  print(
+      f"{name} | activations {per_example:.2f} GiB per example per device, fixed temporaries "
+      f"{fixed:.2f} GiB, train state {state_bytes / GIB:.1f} GiB in all",
+      flush=True)
   if not FLAGS.topology:
-    print(f"{name} | per-chip fit not derived from a CPU compile: XLA:CPU keeps the activations remat "
-          "would recompute (compile for an accelerator topology, --topology=v5p:4x4x8)", flush=True)
+    print(
+        f"{name} | per-chip fit not derived from a CPU compile: XLA:CPU keeps the activations remat "
+        "would recompute (compile for an accelerator topology, --topology=v5p:4x4x8)",
+        flush=True)
     return
   for target, chips, hbm in TARGETS:
     state = state_bytes / GIB / chips
@@ -109,9 +117,11 @@ def report(name: str) -> None:
     fits = int(room // per_example) if per_example > 0 else 0
     per_chip = config.train.batch_size / chips
     micro = int(np.ceil(per_chip / fits)) if fits else None
-    print(f"{name} | {target}: state {state:.2f} GiB/chip, fixed {fixed:.1f} GiB, room {room:.1f} GiB -> "
-          f"{fits} examples per chip and microbatch; batch {config.train.batch_size} = {per_chip:g}/chip -> "
-          f"grad_accum_steps {micro if micro else 'n/a (does not fit)'}", flush=True)
+    print(
+        f"{name} | {target}: state {state:.2f} GiB/chip, fixed {fixed:.1f} GiB, room {room:.1f} GiB -> "
+        f"{fits} examples per chip and microbatch; batch {config.train.batch_size} = {per_chip:g}/chip -> "
+        f"grad_accum_steps {micro if micro else 'n/a (does not fit)'}",
+        flush=True)
 
 
 def main(argv):

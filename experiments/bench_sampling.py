@@ -39,14 +39,36 @@ def define_flags():
   flags.DEFINE_float("guidance", 2.0, "classifier-free guidance for every row")
 
 
-DEMO = dict(in_channels=3, img_size=16, patch_size=2, channels=64, top_block_channels=96, num_blocks=3,
-            layers_per_block=(1, 1, 3), head_dim=32, txt_size=16, txt_dim=64, cond_top_only=True,
-            temporal_causal=2, shallow_block_local=True, soft_clip=4.0)
-SCALED = dict(in_channels=4, img_size=16, patch_size=1, channels=256, top_block_channels=512,
-              num_blocks=4, layers_per_block=(1, 1, 1, 6), head_dim=64, txt_size=16, txt_dim=64,
-              cond_top_only=True, temporal_causal=2, shallow_block_local=True, soft_clip=4.0)
-METHODS = (("sequential", None), ("jacobi", (16, 1e-3)), ("jacobi", (64, 1e-3)),
-           ("jacobi", (64, 1e-4)), ("jacobi", (256, 1e-3)))
+DEMO = dict(in_channels=3,
+            img_size=16,
+            patch_size=2,
+            channels=64,
+            top_block_channels=96,
+            num_blocks=3,
+            layers_per_block=(1, 1, 3),
+            head_dim=32,
+            txt_size=16,
+            txt_dim=64,
+            cond_top_only=True,
+            temporal_causal=2,
+            shallow_block_local=True,
+            soft_clip=4.0)
+SCALED = dict(in_channels=4,
+              img_size=16,
+              patch_size=1,
+              channels=256,
+              top_block_channels=512,
+              num_blocks=4,
+              layers_per_block=(1, 1, 1, 6),
+              head_dim=64,
+              txt_size=16,
+              txt_dim=64,
+              cond_top_only=True,
+              temporal_causal=2,
+              shallow_block_local=True,
+              soft_clip=4.0)
+METHODS = (("sequential", None), ("jacobi", (16, 1e-3)), ("jacobi", (64, 1e-3)), ("jacobi", (64, 1e-4)), ("jacobi",
+                                                                                                          (256, 1e-3)))
 
 
 def random_bundle(values: dict) -> ModelBundle:
@@ -76,8 +98,8 @@ def mean_jacobi_iterations(bundle, cond, z, options, guidance):
   z_tok, grid = tokens.patchify(z, cfg.patch_size)
   b, t, n, d = z_tok.shape
   deep_cond = jnp.concatenate([cond, jnp.zeros_like(cond)]) if guidance > 0 else cond
-  run = jax.jit(functools.partial(jacobi_inverse, deep, grid=grid, guidance=guidance, options=options,
-                                  return_iterations=True))
+  run = jax.jit(
+      functools.partial(jacobi_inverse, deep, grid=grid, guidance=guidance, options=options, return_iterations=True))
   _, iterations = run(model_lib.deep_params(bundle.params), z_tok.reshape(b, t * n, d), cond=deep_cond)
   return float(np.mean(np.asarray(iterations))), int(np.asarray(iterations).size)
 
@@ -85,19 +107,17 @@ def mean_jacobi_iterations(bundle, cond, z, options, guidance):
 def bench(name: str, bundle: ModelBundle):
   cfg = bundle.config
   cond = jax.random.normal(jax.random.PRNGKey(1), (FLAGS.batch, cfg.txt_size, cfg.txt_dim))
-  n_tokens = (cfg.img_size // cfg.patch_size) ** 2
+  n_tokens = (cfg.img_size // cfg.patch_size)**2
   print(f"\n== {name}: deep width {cfg.deep_channels} x {cfg.block_layers[-1]} layers, shallow "
         f"{cfg.channels} x {cfg.block_layers[:-1]}, {n_tokens} tokens/frame, {FLAGS.frames} frames, "
         f"batch {FLAGS.batch}, guidance {FLAGS.guidance}")
   print(f"{'method':28s} {'compile_s':>9s} {'s/frame':>9s} {'iters/block':>11s} {'speedup':>8s}")
-  z = jax.random.normal(jax.random.PRNGKey(0), (FLAGS.batch, FLAGS.frames, cfg.img_size, cfg.img_size,
-                                                cfg.in_channels))
+  z = jax.random.normal(jax.random.PRNGKey(0), (FLAGS.batch, FLAGS.frames, cfg.img_size, cfg.img_size, cfg.in_channels))
   baseline = None
   rows = []
   for method, jacobi_args in METHODS:
     jopts = JacobiOptions(block_size=jacobi_args[0], threshold=jacobi_args[1]) if jacobi_args else JacobiOptions()
-    options = SamplingOptions(method=method, guidance=FLAGS.guidance, jacobi=jopts, denoise="none",
-                              progress=False)
+    options = SamplingOptions(method=method, guidance=FLAGS.guidance, jacobi=jopts, denoise="none", progress=False)
     sampler = VideoSampler(bundle, options)
     compile_s, seconds = timed(lambda: sampler.sample_latents(z, cond, None), FLAGS.repeats)
     per_frame = seconds / FLAGS.frames

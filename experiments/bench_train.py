@@ -33,8 +33,14 @@ def define_flags():
 def scaled_config():
   c = tiny_video.get_config()
   c.data.shapes.update(num_frames=4, height=32, width=32)
-  c.model.update(img_size=32, patch_size=2, channels=256, top_block_channels=512, head_dim=64,
-                 num_blocks=4, layers_per_block=(1, 1, 1, 6), denoiser_layers=2,
+  c.model.update(img_size=32,
+                 patch_size=2,
+                 channels=256,
+                 top_block_channels=512,
+                 head_dim=64,
+                 num_blocks=4,
+                 layers_per_block=(1, 1, 1, 6),
+                 denoiser_layers=2,
                  compute_dtype=FLAGS.dtype)
   c.text.update(width=64)
   c.train.update(batch_size=8)
@@ -48,7 +54,7 @@ def matmul_flops_per_token(model, text_len: int) -> float:
     w = model.deep_channels if i == model.num_blocks - 1 else model.channels
     total += n * 12 * w * w + 4 * w * model.token_dim
   if model.learnable_self_denoiser:
-    total += model.denoiser_layers * 12 * model.channels ** 2 + 2 * model.channels * model.token_dim
+    total += model.denoiser_layers * 12 * model.channels**2 + 2 * model.channels * model.token_dim
   return 6.0 * total
 
 
@@ -58,9 +64,11 @@ def bench(name, config):
   state = trainer.init_state(0)
   s = config.data.shapes
   rng = np.random.default_rng(0)
-  batch = sharding.global_batch_from_host({
-      "video": rng.integers(0, 256, (config.train.batch_size, s.num_frames, s.height, s.width, 3), np.uint8),
-      "tokens": rng.integers(3, 20, (config.train.batch_size, config.model.txt_size)).astype(np.int32)}, mesh)
+  batch = sharding.global_batch_from_host(
+      {
+          "video": rng.integers(0, 256, (config.train.batch_size, s.num_frames, s.height, s.width, 3), np.uint8),
+          "tokens": rng.integers(3, 20, (config.train.batch_size, config.model.txt_size)).astype(np.int32)
+      }, mesh)
   start = time.perf_counter()
   state, m = trainer.step(state, batch)
   jax.block_until_ready(m)

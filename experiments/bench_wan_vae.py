@@ -24,14 +24,34 @@ from starflow_jax.autoencoder import wan_vae
 FLAGS = flags.FLAGS
 
 ARCHS = {  # diffusers AutoencoderKLWan kwargs
-    "tiny": dict(base_dim=8, decoder_base_dim=12, z_dim=6, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                 temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
-                 out_channels=12, patch_size=2, scale_factor_spatial=16),
-    "wan2.1": dict(base_dim=96, z_dim=16),  # Wan-AI/Wan2.1-*-Diffusers vae/config.json
-    "wan2.2": dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                   temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
-                   out_channels=12, patch_size=2, scale_factor_spatial=16,
-                   latents_mean=[0.0] * 48, latents_std=[1.0] * 48),  # Wan2.2-TI2V-5B vae/
+    "tiny":
+        dict(base_dim=8,
+             decoder_base_dim=12,
+             z_dim=6,
+             dim_mult=[1, 2, 2, 2],
+             num_res_blocks=1,
+             temperal_downsample=[False, True, True],
+             is_residual=True,
+             in_channels=12,
+             out_channels=12,
+             patch_size=2,
+             scale_factor_spatial=16),
+    "wan2.1":
+        dict(base_dim=96, z_dim=16),  # Wan-AI/Wan2.1-*-Diffusers vae/config.json
+    "wan2.2":
+        dict(base_dim=160,
+             decoder_base_dim=256,
+             z_dim=48,
+             dim_mult=[1, 2, 4, 4],
+             num_res_blocks=2,
+             temperal_downsample=[False, True, True],
+             is_residual=True,
+             in_channels=12,
+             out_channels=12,
+             patch_size=2,
+             scale_factor_spatial=16,
+             latents_mean=[0.0] * 48,
+             latents_std=[1.0] * 48),  # Wan2.2-TI2V-5B vae/
 }
 
 
@@ -93,7 +113,7 @@ def main(argv):
   with torch.no_grad():
     pixels = torch.from_numpy(video).permute(0, 4, 1, 2, 3)
     ref_enc, moments = _best(lambda: reference._encode(pixels), FLAGS.repeats)
-    latents = moments[:, : config.z_dim]
+    latents = moments[:, :config.z_dim]
     ref_dec, decoded = _best(lambda: reference.decode(latents).sample, FLAGS.repeats)
   moments = moments.permute(0, 2, 3, 4, 1).numpy()
   decoded = decoded.permute(0, 2, 3, 4, 1).numpy()
@@ -101,7 +121,7 @@ def main(argv):
         f"({1e3 * ref_enc / t:.0f} ms/frame), decode {ref_dec:.2f} s ({1e3 * ref_dec / t:.0f} ms/frame)")
   print(f"speed-up (diffusers / ours): encode {ref_enc / enc:.2f}x, decode {ref_dec / dec:.2f}x")
   ours_moments = np.asarray(runner.moments(video))
-  ours_pixels = np.asarray(runner.decode(jnp.asarray(moments[..., : config.z_dim])))
+  ours_pixels = np.asarray(runner.decode(jnp.asarray(moments[..., :config.z_dim])))
   print(f"max |ours - diffusers|: moments {np.abs(ours_moments - moments).max():.2e}, "
         f"pixels {np.abs(ours_pixels - decoded).max():.2e}")
 

@@ -34,8 +34,9 @@ def define_launch_flags() -> None:
   then JAX's cluster auto-detection; see starflow_jax.distributed)."""
   flags.DEFINE_string("coordinator_address", None, "multi-host: process 0's HOST:PORT "
                       f"(default ${distributed.ENV_COORDINATOR} or auto-detected)")
-  flags.DEFINE_integer("num_processes", None, "multi-host: number of processes "
-                       f"(default ${distributed.ENV_NUM_PROCESSES} or auto-detected)")
+  flags.DEFINE_integer(
+      "num_processes", None, "multi-host: number of processes "
+      f"(default ${distributed.ENV_NUM_PROCESSES} or auto-detected)")
   flags.DEFINE_integer("process_id", None, "multi-host: this process's rank "
                        f"(default ${distributed.ENV_PROCESS_ID} or auto-detected)")
 
@@ -48,8 +49,9 @@ def config_flag(name: str = "config"):
     config.keys()  # a config that failed to load is a placeholder that raises here
     return config
   except OSError as e:
-    raise UserError(" ".join(str(e).split()).replace("Configuration is not available because of an "
-                                                     "earlier failure to load: ", "")) from None
+    raise UserError(" ".join(str(e).split()).replace(
+        "Configuration is not available because of an "
+        "earlier failure to load: ", "")) from None
 
 
 def start_distributed(requested: bool = False) -> bool:

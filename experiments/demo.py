@@ -77,8 +77,8 @@ def main(argv):
   written.append(media.save_grid_png(os.path.join(sample_dir, "samples.png"), videos, list(PROMPTS)))
   long_prompt = PROMPTS[0]
   long_video = np.asarray(jax.device_get(sampler.generate([long_prompt], 3 * frames, seed=1)))[0]
-  written.append(media.save_gif(os.path.join(sample_dir, "long_" + long_prompt.replace(" ", "_") + ".gif"),
-                                long_video, fps=4))
+  written.append(
+      media.save_gif(os.path.join(sample_dir, "long_" + long_prompt.replace(" ", "_") + ".gif"), long_video, fps=4))
   sample_seconds = time.time() - sample_start
 
   print("\n=== starflow-jax demo ===")

@@ -52,8 +52,8 @@ def evaluate(workdir: str, num_clips: int = 64, num_samples: int = 16, seed: int
   sigma = float(config.train.noise_std)
   model = StarFlow(bundle.config)
   params = bundle.params
-  sampler = VideoSampler(bundle, SamplingOptions(method="jacobi", guidance=float(config.sample.guidance),
-                                                 noise_std=sigma, progress=False))
+  sampler = VideoSampler(
+      bundle, SamplingOptions(method="jacobi", guidance=float(config.sample.guidance), noise_std=sigma, progress=False))
   clean = jnp.asarray(held_out_clips(config, num_clips))
   if not bundle.config.is_video:
     clean = clean[:, 0]
@@ -67,10 +67,14 @@ def evaluate(workdir: str, num_clips: int = 64, num_samples: int = 16, seed: int
     return losses.bits_per_dim(losses.nll_per_dim(out.z, out.logdets))
 
   variants = {
-      "clean": clean,
-      "noisy input": noisy,
-      "score-based (flow gradient)": sampler._score_step(params, noisy, cond, sigma),
-      "flow-score matching (step sigma)": noisy - sigma * sampler._denoiser(params, noisy, cond),
+      "clean":
+          clean,
+      "noisy input":
+          noisy,
+      "score-based (flow gradient)":
+          sampler._score_step(params, noisy, cond, sigma),
+      "flow-score matching (step sigma)":
+          noisy - sigma * sampler._denoiser(params, noisy, cond),
       f"flow-score matching (step {OFFICIAL_DENOISE_STEP})":
           noisy - OFFICIAL_DENOISE_STEP * sampler._denoiser(params, noisy, cond),
   }
@@ -89,8 +93,13 @@ def evaluate(workdir: str, num_clips: int = 64, num_samples: int = 16, seed: int
   # Generated samples: high-frequency energy before / after denoising.
   frames = sources.example_shape(config.data)[0]
   prompts = captions[:num_samples]
-  raw_sampler = VideoSampler(bundle, SamplingOptions(method="jacobi", guidance=float(config.sample.guidance),
-                                                     noise_std=sigma, denoise="none", progress=False))
+  raw_sampler = VideoSampler(
+      bundle,
+      SamplingOptions(method="jacobi",
+                      guidance=float(config.sample.guidance),
+                      noise_std=sigma,
+                      denoise="none",
+                      progress=False))
   raw = raw_sampler.generate(prompts, frames, seed=seed + 1)
   sample_cond = raw_sampler.encode_prompts(prompts)[0] if bundle.config.conditioning == "text" else None
   sample_rows = {
@@ -100,9 +109,16 @@ def evaluate(workdir: str, num_clips: int = 64, num_samples: int = 16, seed: int
   }
   hfe = {name: float(jnp.mean(image_metrics.high_frequency_energy(x))) for name, x in sample_rows.items()}
   hfe["clean data (reference)"] = float(jnp.mean(image_metrics.high_frequency_energy(clean)))
-  return {"sigma": sigma, "clips": int(len(clean)), "rows": rows, "high_frequency_energy": hfe,
-          "denoiser_fit_r2": fit_r2,
-          "pictures": {k: np.asarray(v[:4]) for k, v in variants.items()}}
+  return {
+      "sigma": sigma,
+      "clips": int(len(clean)),
+      "rows": rows,
+      "high_frequency_energy": hfe,
+      "denoiser_fit_r2": fit_r2,
+      "pictures": {
+          k: np.asarray(v[:4]) for k, v in variants.items()
+      }
+  }
 
 
 def main(argv):

@@ -38,8 +38,10 @@ def define_flags():
 
 
 def vocabulary_prompts(shapes_config) -> list[str]:
-  return [f"a {colour} {shape} moving {direction}" for colour, shape, direction in
-          itertools.product(shapes_config.colors, shapes_config.shapes, DIRECTIONS)]
+  return [
+      f"a {colour} {shape} moving {direction}"
+      for colour, shape, direction in itertools.product(shapes_config.colors, shapes_config.shapes, DIRECTIONS)
+  ]
 
 
 def real_clips(config: ml_collections.ConfigDict, count: int) -> tuple[np.ndarray, list[str]]:

@@ -38,8 +38,8 @@ def main(argv):
   config = cli.config_flag("config")
   cli.start_distributed(config.mesh.get("multihost", False))  # before any backend exists
   jax.config.update("jax_threefry_partitionable", True)
-  logging.getLogger("starflow_jax").info("process %d of %d; JAX devices: %s", jax.process_index(),
-                                         jax.process_count(), jax.devices())
+  logging.getLogger("starflow_jax").info("process %d of %d; JAX devices: %s", jax.process_index(), jax.process_count(),
+                                         jax.devices())
   train_loop.train_and_evaluate(config, FLAGS.workdir)
 
 

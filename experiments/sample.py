@@ -58,8 +58,9 @@ def define_flags():
   flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
   flags.DEFINE_integer("fps", 4, "frames per second of the written video")
   flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
-  flags.DEFINE_bool("arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
-                    "[-1, 1] (OUT.npz, key 'videos'), for metrics without GIF/MP4 quantisation")
+  flags.DEFINE_bool(
+      "arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
+      "[-1, 1] (OUT.npz, key 'videos'), for metrics without GIF/MP4 quantisation")
   flags.DEFINE_bool("multihost", False, "run on every host of a multi-host job (jax.distributed)")
   cli.define_launch_flags()
   flags.mark_flag_as_required("workdir")
@@ -127,11 +128,17 @@ def load_frames(path: str, size: int, max_frames: int | None) -> np.ndarray:
 
 
 def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
-  return options_from_defaults(
-      bundle.sampling_defaults, method=FLAGS.method, guidance=FLAGS.guidance,
-      jacobi_block_size=FLAGS.jacobi_block_size, jacobi_threshold=FLAGS.jacobi_threshold,
-      jacobi_max_iter=FLAGS.jacobi_max_iter, denoise=FLAGS.denoise, denoise_step=FLAGS.denoise_step,
-      noise_std=FLAGS.noise_std, window=FLAGS.window, context=FLAGS.context)
+  return options_from_defaults(bundle.sampling_defaults,
+                               method=FLAGS.method,
+                               guidance=FLAGS.guidance,
+                               jacobi_block_size=FLAGS.jacobi_block_size,
+                               jacobi_threshold=FLAGS.jacobi_threshold,
+                               jacobi_max_iter=FLAGS.jacobi_max_iter,
+                               denoise=FLAGS.denoise,
+                               denoise_step=FLAGS.denoise_step,
+                               noise_std=FLAGS.noise_std,
+                               window=FLAGS.window,
+                               context=FLAGS.context)
 
 
 OUT_SUFFIXES = (".mp4", ".gif")
@@ -143,7 +150,7 @@ def output_paths(out: str, index: int | None) -> tuple[str, str]:
   suffix = path.suffix.lower()
   if suffix not in OUT_SUFFIXES:
     raise UserError(f"--out {out} must end in .mp4 or .gif")
-  stem = path.name[: -len(path.suffix)]
+  stem = path.name[:-len(path.suffix)]
   root = path.parent / (stem if index is None else f"{stem}_{index}")
   return str(root) + suffix, str(root) + ".gif"
 
@@ -188,14 +195,16 @@ def main(argv):
     max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
     condition = load_frames(FLAGS.input, pixel_size, max_frames)[None]
   start = time.time()
-  videos = sampler.generate(prompts or None, num_frames, FLAGS.seed, condition_video=condition,
+  videos = sampler.generate(prompts or None,
+                            num_frames,
+                            FLAGS.seed,
+                            condition_video=condition,
                             batch_size=FLAGS.num_samples)
   videos = distributed.gather_to_host(videos)  # collective: every process gets all samples
   if videos.ndim == 4:
     videos = videos[:, None]
-  log.info("generated %d clip(s) of %d frames in %.1fs (%s, guidance %.2g, denoise %s)",
-           len(videos), videos.shape[1], time.time() - start, options.method, options.guidance,
-           sampler.denoise_mode)
+  log.info("generated %d clip(s) of %d frames in %.1fs (%s, guidance %.2g, denoise %s)", len(videos), videos.shape[1],
+           time.time() - start, options.method, options.guidance, sampler.denoise_mode)
   if not distributed.is_primary():
     return
   written = []
@@ -206,11 +215,10 @@ def main(argv):
         written.append(main_path)
     written.append(media.save_gif(gif_path, video, fps=FLAGS.fps))
   main_path = fileio.as_path(FLAGS.out)
-  stem = main_path.parent / main_path.name[: -len(main_path.suffix)]
+  stem = main_path.parent / main_path.name[:-len(main_path.suffix)]
   written.append(media.save_grid_png(f"{stem}.png", videos, prompts or None))
   if FLAGS.arrays:
-    written.append(str(fileio.write_file(f"{stem}.npz", lambda local: np.savez(local, videos=videos),
-                                         suffix=".npz")))
+    written.append(str(fileio.write_file(f"{stem}.npz", lambda local: np.savez(local, videos=videos), suffix=".npz")))
   for path in written:
     print(f"wrote {path}")
 

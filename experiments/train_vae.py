@@ -40,11 +40,14 @@ def evaluate(module, params, config, clips: int) -> dict:
   source = sources.build_source(config.data, "eval")
   video = np.stack([source[i]["video"] for i in range(min(clips, len(source)))])
   x = pixels_to_unit(jnp.asarray(video), None)
-  recon = jax.jit(lambda p, x: module.apply({"params": p}, module.apply({"params": p}, x, method=module.encode),
-                                            method=module.decode))(params, x)
+  recon = jax.jit(lambda p, x: module.apply(
+      {"params": p}, module.apply({"params": p}, x, method=module.encode), method=module.decode))(params, x)
   recon = jnp.clip(recon, -1.0, 1.0)
-  return {"psnr_db": float(jnp.mean(image_metrics.psnr(recon, x))),
-          "ssim": float(jnp.mean(image_metrics.ssim(recon, x))), "clips": int(len(video))}
+  return {
+      "psnr_db": float(jnp.mean(image_metrics.psnr(recon, x))),
+      "ssim": float(jnp.mean(image_metrics.ssim(recon, x))),
+      "clips": int(len(video))
+  }
 
 
 def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -84,8 +87,11 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if (i + 1) % config.log.every_steps == 0:
       bar.set_postfix({k: f"{float(v):.4f}" for k, v in metrics.items()}, refresh=False)
   report = evaluate(module, params, config, config.eval_clips)
-  report.update(train_minutes=(time.time() - start) / 60, steps=config.train.num_steps,
-                latent_shape=list(module.apply({"params": params}, sample[:1], method=module.encode).shape[1:]))
+  report.update(train_minutes=(time.time() - start) / 60,
+                steps=config.train.num_steps,
+                latent_shape=list(module.apply({
+                    "params": params
+                }, sample[:1], method=module.encode).shape[1:]))
   vae_checkpoint.save(out_dir, vae_config, params, report)
   with open(os.path.join(workdir, "vae_report.json"), "w") as f:
     json.dump(report, f, indent=1)

@@ -49,8 +49,7 @@ class CausalMask(PositionMask):
 
 
 @functools.lru_cache(maxsize=64)
-def _nonempty_tiles(mask: PositionMask, num_queries: int, num_keys: int, block_q: int,
-                    block_k: int) -> np.ndarray:
+def _nonempty_tiles(mask: PositionMask, num_queries: int, num_keys: int, block_q: int, block_k: int) -> np.ndarray:
   """[nq, nk] bool: which tiles have at least one allowed (query, key) pair (padding excluded)."""
   nq, nk = -(-num_queries // block_q), -(-num_keys // block_k)
   k = np.arange(nk * block_k)[None, :]
@@ -62,8 +61,7 @@ def _nonempty_tiles(mask: PositionMask, num_queries: int, num_keys: int, block_q
   return out
 
 
-def _tile_mask(mask: PositionMask | None, i, j, block_q: int, block_k: int, num_queries: int,
-               num_keys: int) -> Array:
+def _tile_mask(mask: PositionMask | None, i, j, block_q: int, block_k: int, num_queries: int, num_keys: int) -> Array:
   """[block_q, block_k] bool for tile (i, j): the mask and the padding."""
   q = i * block_q + jnp.arange(block_q)[:, None]
   k = j * block_k + jnp.arange(block_k)[None, :]
@@ -88,15 +86,17 @@ def _forward(q, k, v, mask, block_q, block_k):
   """(out [B, Q, H, Dh] in v.dtype, log-sum-exp [B, H, Q] float32)."""
   b, num_q, h, d = q.shape
   num_k = k.shape[1]
-  scale = d ** -0.5
+  scale = d**-0.5
   q_tiles, k_tiles, v_tiles = _tiles(q, block_q), _tiles(k, block_k), _tiles(v, block_k)
-  nonempty = jnp.asarray(_nonempty_tiles(mask, num_q, num_k, block_q, block_k)
-                         if mask is not None else np.ones((q_tiles.shape[0], k_tiles.shape[0]), bool))
+  nonempty = jnp.asarray(
+      _nonempty_tiles(mask, num_q, num_k, block_q, block_k) if mask is not None else np.ones((q_tiles.shape[0],
+                                                                                              k_tiles.shape[0]), bool))
 
   def query_tile(i):
     qi = q_tiles[i]  # [B, bq, H, Dh]
 
     def key_tile(carry, j):
+
       def update(carry):
         m, l, acc = carry  # [B, H, bq], [B, H, bq], [B, bq, H, Dh]
         s = jnp.einsum("bqhd,bkhd->bhqk", qi, k_tiles[j], preferred_element_type=jnp.float32) * scale
@@ -108,10 +108,11 @@ def _forward(q, k, v, mask, block_q, block_k):
         acc = acc * jnp.swapaxes(correction, 1, 2)[..., None] + jnp.einsum(
             "bhqk,bkhd->bqhd", p.astype(v.dtype), v_tiles[j], preferred_element_type=jnp.float32)
         return m_new, l * correction + p.sum(-1), acc
+
       return jax.lax.cond(nonempty[i, j], update, lambda c: c, carry), None
 
-    init = (jnp.full((b, h, block_q), NEG_INF, jnp.float32), jnp.zeros((b, h, block_q), jnp.float32),
-            jnp.zeros((b, block_q, h, d), jnp.float32))
+    init = (jnp.full((b, h, block_q), NEG_INF, jnp.float32), jnp.zeros(
+        (b, h, block_q), jnp.float32), jnp.zeros((b, block_q, h, d), jnp.float32))
     (m, l, acc), _ = jax.lax.scan(key_tile, init, jnp.arange(k_tiles.shape[0]))
     l = jnp.maximum(l, 1e-30)  # padded query rows see nothing
     return (acc / jnp.swapaxes(l, 1, 2)[..., None]).astype(v.dtype), m + jnp.log(l)
@@ -126,7 +127,7 @@ def _backward(mask, block_q, block_k, residuals, d_out):
   q, k, v, out, lse = residuals
   b, num_q, h, d = q.shape
   num_k = k.shape[1]
-  scale = d ** -0.5
+  scale = d**-0.5
   nq, nk = -(-num_q // block_q), -(-num_k // block_k)
   q_tiles, k_tiles, v_tiles = _tiles(q, block_q), _tiles(k, block_k), _tiles(v, block_k)
   do_tiles = _tiles(d_out, block_q)
@@ -134,14 +135,15 @@ def _backward(mask, block_q, block_k, residuals, d_out):
   pad_q = nq * block_q - num_q
   delta_tiles = jnp.moveaxis(jnp.pad(delta, ((0, 0), (0, 0), (0, pad_q))).reshape(b, h, nq, block_q), 2, 0)
   lse_tiles = jnp.moveaxis(jnp.pad(lse, ((0, 0), (0, 0), (0, pad_q))).reshape(b, h, nq, block_q), 2, 0)
-  nonempty = jnp.asarray(_nonempty_tiles(mask, num_q, num_k, block_q, block_k)
-                         if mask is not None else np.ones((nq, nk), bool))
+  nonempty = jnp.asarray(
+      _nonempty_tiles(mask, num_q, num_k, block_q, block_k) if mask is not None else np.ones((nq, nk), bool))
 
   def query_tile(carry, i):
     dk, dv = carry  # [nk, B, bk, H, Dh] float32
     qi, doi, lse_i, delta_i = q_tiles[i], do_tiles[i], lse_tiles[i], delta_tiles[i]
 
     def key_tile(carry, j):
+
       def update(carry):
         dq, dk, dv = carry
         s = jnp.einsum("bqhd,bkhd->bhqk", qi, k_tiles[j], preferred_element_type=jnp.float32) * scale
@@ -153,6 +155,7 @@ def _backward(mask, block_q, block_k, residuals, d_out):
         dk = dk.at[j].add(jnp.einsum("bhqk,bqhd->bkhd", ds, qi.astype(jnp.float32)))
         dv = dv.at[j].add(jnp.einsum("bhqk,bqhd->bkhd", p, doi.astype(jnp.float32)))
         return dq, dk, dv
+
       return jax.lax.cond(nonempty[i, j], update, lambda c: c, carry), None
 
     init = (jnp.zeros((b, block_q, h, d), jnp.float32), dk, dv)
@@ -162,13 +165,16 @@ def _backward(mask, block_q, block_k, residuals, d_out):
   zeros = jnp.zeros((nk, b, block_k, h, d), jnp.float32)
   (dk, dv), dq = jax.lax.scan(query_tile, (zeros, zeros), jnp.arange(nq))
   untile = lambda x, n: jnp.moveaxis(x, 0, 1).reshape(b, -1, h, d)[:, :n]
-  return (untile(dq, num_q).astype(q.dtype), untile(dk, num_k).astype(k.dtype),
-          untile(dv, num_k).astype(v.dtype))
+  return (untile(dq, num_q).astype(q.dtype), untile(dk, num_k).astype(k.dtype), untile(dv, num_k).astype(v.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def blockwise_attention(q: Array, k: Array, v: Array, mask: PositionMask | None = None,
-                        block_q: int = 512, block_k: int = 512) -> Array:
+def blockwise_attention(q: Array,
+                        k: Array,
+                        v: Array,
+                        mask: PositionMask | None = None,
+                        block_q: int = 512,
+                        block_k: int = 512) -> Array:
   """Softmax attention q [B, Q, H, Dh], k / v [B, K, H, Dh] -> [B, Q, H, Dh] under `mask`
   (None = full), in tiles: memory O((Q + K) H Dh + block_q block_k H) instead of O(Q K H).
   Scale head_dim^-0.5, logits and softmax in float32 (as `layers.attend`)."""

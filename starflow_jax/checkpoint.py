@@ -62,10 +62,16 @@ def _checkpointer() -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 
-def save_model(directory: str, config: ModelConfig, params, overwrite: bool = False, *,
-               text_config: TextEncoderConfig | None = None, text_params=None,
+def save_model(directory: str,
+               config: ModelConfig,
+               params,
+               overwrite: bool = False,
+               *,
+               text_config: TextEncoderConfig | None = None,
+               text_params=None,
                autoencoder_config: AutoencoderConfig | None = None,
-               sampling_defaults: dict | None = None, null_condition=None) -> str:
+               sampling_defaults: dict | None = None,
+               null_condition=None) -> str:
   """Writes a model directory (collectively in a multi-host run). Returns its path.
 
   `null_condition`: the model's own null condition [L, txt_dim] (see `ModelBundle`), if any.
@@ -84,8 +90,9 @@ def save_model(directory: str, config: ModelConfig, params, overwrite: bool = Fa
     items[SAMPLING_ITEM] = ocp.args.JsonSave(dict(sampling_defaults))
   if null_condition is not None:
     items[NULL_ITEM] = ocp.args.StandardSave({"embedding": np.asarray(null_condition, np.float32)})
-  written = fileio.atomic_directory_write(
-      directory, lambda path: _checkpointer().save(path, ocp.args.Composite(**items)), overwrite)
+  written = fileio.atomic_directory_write(directory,
+                                          lambda path: _checkpointer().save(path, ocp.args.Composite(**items)),
+                                          overwrite)
   return os.fspath(written)
 
 
@@ -140,8 +147,8 @@ def restore_params(path: fileio.PathLike, config: ModelConfig, text_config: Text
   target = {"model": jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))}
   if text_config is not None:
     tokens = jnp.zeros((1, text_config.tokenizer.max_length), jnp.int32)
-    target["text"] = nn.unbox(jax.eval_shape(
-        lambda: TextEncoder(text_config).init(jax.random.PRNGKey(0), tokens)["params"]))
+    target["text"] = nn.unbox(
+        jax.eval_shape(lambda: TextEncoder(text_config).init(jax.random.PRNGKey(0), tokens)["params"]))
   if jax.process_count() > 1:
     placement = NamedSharding(Mesh(np.asarray(jax.devices()), ("devices",)), PartitionSpec())
   else:

@@ -155,6 +155,7 @@ class ModelConfig:
   # ------------------------------------------------------------------ validation
   def validate(self) -> "ModelConfig":
     """Raises ValueError naming the field and the fix; returns self."""
+
     def fail(msg):
       raise UserError(f"invalid model config: {msg}")
 
@@ -238,8 +239,11 @@ class ModelConfig:
     if "rope" in values:
       values["rope"] = bool(values["rope"])
     values.update(overrides)
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [name for name in required if name not in values]
     if missing:
       raise UserError(f"the official Model keyword arguments lack {missing}; give every argument of "
@@ -267,8 +271,7 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict[str, Any]:
-    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-            for f in dataclasses.fields(self)}
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":

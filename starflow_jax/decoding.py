@@ -60,7 +60,8 @@ def start_decoding(block: FlowBlock, params, z_perm: Array, grid: TokenGrid, con
   if cond_len:
     cache = call_block(block, params, FlowBlock.prefill_condition, cond, cache, grid)
   sos = call_block(block, params, FlowBlock.start_tokens, batch)
-  return DecodeState(buffer=jnp.concatenate([sos, z_perm.astype(jnp.float32)], axis=1), cache=cache,
+  return DecodeState(buffer=jnp.concatenate([sos, z_perm.astype(jnp.float32)], axis=1),
+                     cache=cache,
                      position_offset=jnp.zeros((), jnp.int32))
 
 
@@ -71,13 +72,13 @@ def prefill_tokens(block: FlowBlock, params, state: DecodeState, given_perm: Arr
   reps = state.buffer.shape[0] // given_perm.shape[0]
   given = jnp.concatenate([given_perm] * reps, 0).astype(jnp.float32)
   buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, given, 1, axis=1)
-  inputs = buffer[:, : given.shape[1]]  # shifted: [sos, u_0 .. u_{S'-2}]
+  inputs = buffer[:, :given.shape[1]]  # shifted: [sos, u_0 .. u_{S'-2}]
   _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, state.cache, grid, cond_len)
   return state.replace(buffer=buffer, cache=cache)
 
 
-def reencode_context(block: FlowBlock, params, state: DecodeState, cond: Array | None, start,
-                     context_tokens: int, grid: TokenGrid, cond_len: int) -> DecodeState:
+def reencode_context(block: FlowBlock, params, state: DecodeState, cond: Array | None, start, context_tokens: int,
+                     grid: TokenGrid, cond_len: int) -> DecodeState:
   """Sliding window: a fresh cache with the condition prefix and tokens [start - context_tokens,
   start) re-encoded from the start token; token `start` then sits at position context_tokens."""
   cache = jax.tree_util.tree_map(jnp.zeros_like, state.cache)
@@ -89,12 +90,11 @@ def reencode_context(block: FlowBlock, params, state: DecodeState, cond: Array |
   return state.replace(cache=cache, position_offset=jnp.asarray(start - context_tokens, jnp.int32))
 
 
-def affine_params(block: FlowBlock, params, inputs: Array, start, cache, grid: TokenGrid,
-                  cond_len: int, guidance: float) -> tuple[Array, Array, list]:
+def affine_params(block: FlowBlock, params, inputs: Array, start, cache, grid: TokenGrid, cond_len: int,
+                  guidance: float) -> tuple[Array, Array, list]:
   """(scale, shift) for tokens start .. start+M-1 from shifted inputs [B', M, D], guided if
   guidance > 0 (then [B, M, D] from the doubled batch), and the updated cache."""
-  scale, shift, cache = call_block(block, params, FlowBlock.decode_step, inputs, start, cache,
-                                   grid, cond_len)
+  scale, shift, cache = call_block(block, params, FlowBlock.decode_step, inputs, start, cache, grid, cond_len)
   if guidance > 0:
     scale, shift = guided_affine(scale, shift, guidance)
   return scale, shift, cache
@@ -107,8 +107,8 @@ def write_tokens(buffer: Array, new_tokens: Array, start) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(buffer, new_tokens, start + 1, axis=1)
 
 
-def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, first, count: int,
-                  grid: TokenGrid, cond_len: int, guidance: float) -> DecodeState:
+def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, first, count: int, grid: TokenGrid,
+                  cond_len: int, guidance: float) -> DecodeState:
   """Token-by-token decoding of tokens [first, first + count) in the block's order (a
   `lax.fori_loop`; `first` may be traced, `count` is static). z_perm: [B, S, D] noise."""
   z_rows = z_perm.astype(jnp.float32)
@@ -116,8 +116,8 @@ def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, f
   def body(i, state: DecodeState) -> DecodeState:
     t = first + i
     inputs = jax.lax.dynamic_slice_in_dim(state.buffer, t, 1, axis=1)  # [B', 1, D]: token t-1
-    scale, shift, cache = affine_params(block, params, inputs, t - state.position_offset,
-                                        state.cache, grid, cond_len, guidance)
+    scale, shift, cache = affine_params(block, params, inputs, t - state.position_offset, state.cache, grid, cond_len,
+                                        guidance)
     z_t = jax.lax.dynamic_slice_in_dim(z_rows, t, 1, axis=1)
     x_t = affine_inverse(z_t, shift, scale)  # [B, 1, D]
     return state.replace(buffer=write_tokens(state.buffer, x_t, t), cache=cache)
@@ -125,8 +125,13 @@ def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, f
   return jax.lax.fori_loop(0, count, body, state)
 
 
-def sequential_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None = None,
-                       guidance: float = 0.0, given: Array | None = None) -> Array:
+def sequential_inverse(block: FlowBlock,
+                       params,
+                       z: Array,
+                       grid: TokenGrid,
+                       cond: Array | None = None,
+                       guidance: float = 0.0,
+                       given: Array | None = None) -> Array:
   """Inverts one flow block token by token: raster noise z [B, S, D] -> raster tokens [B, S, D].
 
   u_i = z_i * s_i + b_i with (s_i, b_i) from u_<i: one transformer step per token against the
@@ -141,8 +146,8 @@ def sequential_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond
   return end_block(block, state, z.shape[0], grid)
 
 
-def begin_block(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None,
-                guidance: float, given: Array | None) -> tuple[DecodeState, Array, int, int]:
+def begin_block(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None, guidance: float,
+                given: Array | None) -> tuple[DecodeState, Array, int, int]:
   """(state, z in block order, first token to decode, condition length) for inverting a block on
   raster noise z [B, S, D], with `given` raster tokens [B, S', D] prefilled when not None."""
   frame_len = grid.tokens_per_frame

@@ -74,39 +74,51 @@ class Denoiser(nn.Module):
   def __call__(self, x: Array, grid: TokenGrid, cond: Array | None = None) -> Array:
     """x [B, S, D] raster tokens of the noisy latent (S = grid.num_tokens) -> s_phi [B, S, D]."""
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-    h = nn.Dense(self.width, name="proj_in",
+    h = nn.Dense(self.width,
+                 name="proj_in",
                  kernel_init=layers.logical(layers.dense_init(), (axes.PATCH, axes.EMBED)),
-                 bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)(x.astype(self.dtype))
+                 bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)),
+                 **dense)(x.astype(self.dtype))
     cond_len = 0
     if self.conditioning == "text" and cond is not None:
-      prefix = nn.Dense(self.width, name="proj_txt",
+      prefix = nn.Dense(self.width,
+                        name="proj_txt",
                         kernel_init=layers.logical(layers.dense_init(), (axes.TEXT, axes.EMBED)),
-                        bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)(
-                            cond.astype(self.dtype))
+                        bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)),
+                        **dense)(cond.astype(self.dtype))
       cond_len = prefix.shape[1]
       h = jnp.concatenate([prefix, h], axis=1)
     elif self.conditioning == "class" and cond is not None:
-      prefix = nn.Embed(self.num_classes + 1, self.width, name="class_embed", dtype=self.dtype,
+      prefix = nn.Embed(self.num_classes + 1,
+                        self.width,
+                        name="class_embed",
+                        dtype=self.dtype,
                         param_dtype=jnp.float32,
-                        embedding_init=layers.logical(layers.dense_init(), (axes.CLASSES, axes.EMBED)))(
-                            cond.astype(jnp.int32))[:, None]
+                        embedding_init=layers.logical(layers.dense_init(),
+                                                      (axes.CLASSES, axes.EMBED)))(cond.astype(jnp.int32))[:, None]
       cond_len = 1
       h = jnp.concatenate([prefix, h], axis=1)
-    cos, sin = (jnp.asarray(t) for t in rope.rope_table(grid, cond_len, self.pt_seq_len,
-                                                       self.head_dim, self.rope_layout))
+    cos, sin = (
+        jnp.asarray(t) for t in rope.rope_table(grid, cond_len, self.pt_seq_len, self.head_dim, self.rope_layout))
     mask = None
     if self.lookahead > 0 and grid.frames > 1:
       mask = FrameBlockMask(cond_len, grid.tokens_per_frame, self.lookahead, self.window)
     layer_cls = layers.layer_class(self.remat)
     for i in range(self.num_layers):
-      h, _ = layer_cls(num_heads=self.width // self.head_dim, head_dim=self.head_dim,
-                       mlp_hidden=int(self.width * self.expansion), norm_type=self.norm_type,
-                       use_bias=self.use_bias, dtype=self.dtype, attention_block_size=self.attention_block_size,
+      h, _ = layer_cls(num_heads=self.width // self.head_dim,
+                       head_dim=self.head_dim,
+                       mlp_hidden=int(self.width * self.expansion),
+                       norm_type=self.norm_type,
+                       use_bias=self.use_bias,
+                       dtype=self.dtype,
+                       attention_block_size=self.attention_block_size,
                        name=f"layers_{i}")(h, cos, sin, mask)
     h = h[:, cond_len:]
     if self.use_final_norm:
       h = layers.RMSNorm(name="final_norm")(h)
-    out = nn.Dense(self.token_dim, name="proj_out",
+    out = nn.Dense(self.token_dim,
+                   name="proj_out",
                    kernel_init=layers.logical(nn.initializers.zeros, (axes.EMBED, axes.PATCH)),
-                   bias_init=layers.logical(nn.initializers.zeros, (axes.PATCH,)), **dense)(h)
+                   bias_init=layers.logical(nn.initializers.zeros, (axes.PATCH,)),
+                   **dense)(h)
     return out.astype(jnp.float32)

@@ -50,8 +50,10 @@ def _int_or_none(value, name: str) -> int | None:
     raise UserError(f"{name}={value!r} must be an integer") from None
 
 
-def launch_from(coordinator_address: str | None = None, num_processes: int | None = None,
-                process_id: int | None = None, environ: Mapping[str, str] = os.environ) -> Launch:
+def launch_from(coordinator_address: str | None = None,
+                num_processes: int | None = None,
+                process_id: int | None = None,
+                environ: Mapping[str, str] = os.environ) -> Launch:
   """Flags first, then the JAX_* environment variables; validated."""
   launch = Launch(
       coordinator_address or environ.get(ENV_COORDINATOR) or None,
@@ -61,8 +63,8 @@ def launch_from(coordinator_address: str | None = None, num_processes: int | Non
                    "process_id (--process_id or JAX_PROCESS_ID)"))
   if launch.num_processes is not None and launch.num_processes < 1:
     raise UserError(f"num_processes={launch.num_processes} must be >= 1")
-  if launch.process_id is not None and launch.num_processes is not None and not (
-      0 <= launch.process_id < launch.num_processes):
+  if launch.process_id is not None and launch.num_processes is not None and not (0 <= launch.process_id <
+                                                                                 launch.num_processes):
     raise UserError(f"process_id={launch.process_id} must be in [0, num_processes="
                     f"{launch.num_processes}); give each host its own rank")
   if launch.coordinator_address is not None and ":" not in launch.coordinator_address:
@@ -97,13 +99,12 @@ def initialize(requested: bool = False, launch: Launch | None = None) -> bool:
   try:
     jax.distributed.initialize(launch.coordinator_address, launch.num_processes, launch.process_id)
   except ValueError as e:  # nothing given and no cluster environment detected
-    raise UserError(
-        f"cannot start a multi-host run ({e}). On Cloud TPU, SLURM, Open MPI or Kubernetes the "
-        f"launch is detected; elsewhere set {ENV_COORDINATOR}=HOST:PORT, {ENV_NUM_PROCESSES}=N "
-        f"and {ENV_PROCESS_ID}=RANK on every host (or the --coordinator_address, "
-        "--num_processes, --process_id flags)") from None
-  log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+    raise UserError(f"cannot start a multi-host run ({e}). On Cloud TPU, SLURM, Open MPI or Kubernetes the "
+                    f"launch is detected; elsewhere set {ENV_COORDINATOR}=HOST:PORT, {ENV_NUM_PROCESSES}=N "
+                    f"and {ENV_PROCESS_ID}=RANK on every host (or the --coordinator_address, "
+                    "--num_processes, --process_id flags)") from None
+  log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+           jax.local_device_count(), jax.device_count())
   return True
 
 

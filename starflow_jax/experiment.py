@@ -51,8 +51,11 @@ def text_config(config: ml_collections.ConfigDict) -> TextEncoderConfig | None:
     raise UserError(f"config.text.kind={text.kind!r} must be 'words', 'bytes' or 'none'")
   vocabulary = tuple(text.get("vocabulary", ())) or tuple(sources.caption_vocabulary(config.data))
   tokenizer = Tokenizer(text.kind, vocabulary, config.model.txt_size)
-  return TextEncoderConfig(tokenizer=tokenizer, width=text.width, num_layers=text.num_layers,
-                           head_dim=text.head_dim, output_dim=config.model.txt_dim,
+  return TextEncoderConfig(tokenizer=tokenizer,
+                           width=text.width,
+                           num_layers=text.num_layers,
+                           head_dim=text.head_dim,
+                           output_dim=config.model.txt_dim,
                            compute_dtype=config.model.get("compute_dtype", "float32")).validate()
 
 
@@ -63,12 +66,15 @@ def autoencoder_config(config: ml_collections.ConfigDict) -> AutoencoderConfig:
 def sampling_options(config: ml_collections.ConfigDict, progress: bool = True) -> SamplingOptions:
   """How this experiment's models are sampled (config.sample, the training sigma)."""
   s = config.sample
-  return SamplingOptions(
-      method=s.method, guidance=float(s.guidance),
-      jacobi=JacobiOptions(block_size=s.jacobi_block_size, threshold=s.jacobi_threshold,
-                           max_iter=s.jacobi_max_iter),
-      denoise=s.denoise, denoise_step=s.get("denoise_step", None),
-      noise_std=float(config.train.noise_std), progress=progress).validate()
+  return SamplingOptions(method=s.method,
+                         guidance=float(s.guidance),
+                         jacobi=JacobiOptions(block_size=s.jacobi_block_size,
+                                              threshold=s.jacobi_threshold,
+                                              max_iter=s.jacobi_max_iter),
+                         denoise=s.denoise,
+                         denoise_step=s.get("denoise_step", None),
+                         noise_std=float(config.train.noise_std),
+                         progress=progress).validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,13 +97,18 @@ class StepSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "StepSettings":
     t = config.train
-    return cls(noise_std=float(t.noise_std), dequantize=bool(t.dequantize), drop_label=float(t.drop_label),
-               latent_norm_reg=float(t.latent_norm_reg), grad_clip=float(t.grad_clip),
-               grad_skip=bool(t.grad_skip), grad_skip_after=int(t.grad_skip_after),
+    return cls(noise_std=float(t.noise_std),
+               dequantize=bool(t.dequantize),
+               drop_label=float(t.drop_label),
+               latent_norm_reg=float(t.latent_norm_reg),
+               grad_clip=float(t.grad_clip),
+               grad_skip=bool(t.grad_skip),
+               grad_skip_after=int(t.grad_skip_after),
                flow_score_matching=bool(t.flow_score_matching),
                pre_encoded=config.data.source == "latents",
                extend_tag=SPECIAL_TOKENS.index("(extend)"),
-               grad_accum_steps=int(t.get("grad_accum_steps", 1)), ema_decay=float(t.get("ema_decay", 0.0)))
+               grad_accum_steps=int(t.get("grad_accum_steps", 1)),
+               ema_decay=float(t.get("ema_decay", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +129,14 @@ class OptimizerSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "OptimizerSettings":
     t = config.train
-    return cls(lr=float(t.lr), min_lr=float(t.min_lr), b1=float(t.b1), b2=float(t.b2),
-               weight_decay=float(t.weight_decay), warmup_steps=int(t.warmup_steps),
-               num_steps=int(t.num_steps), denoiser_lr=float(t.denoiser_lr),
+    return cls(lr=float(t.lr),
+               min_lr=float(t.min_lr),
+               b1=float(t.b1),
+               b2=float(t.b2),
+               weight_decay=float(t.weight_decay),
+               warmup_steps=int(t.warmup_steps),
+               num_steps=int(t.num_steps),
+               denoiser_lr=float(t.denoiser_lr),
                denoiser_weight_decay=float(t.denoiser_weight_decay))
 
 
@@ -136,7 +152,8 @@ class MeshSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "MeshSettings":
     m = config.mesh
-    return cls(shape=tuple(int(v) for v in m.shape), rules=sharding.rules_from_config(m.get("rules")),
+    return cls(shape=tuple(int(v) for v in m.shape),
+               rules=sharding.rules_from_config(m.get("rules")),
                multihost=bool(m.get("multihost", False)))
 
   def make(self) -> jax.sharding.Mesh:
@@ -165,11 +182,17 @@ class LoopSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "LoopSettings":
     t, ckpt, log = config.train, config.checkpoint, config.log
-    return cls(seed=int(config.seed), batch_size=int(t.batch_size), num_steps=int(t.num_steps),
-               drop_first_frame=float(t.drop_first_frame), init_from=str(t.get("init_from", "") or ""),
-               checkpoint_every=int(ckpt.every_steps), checkpoint_keep=int(ckpt.keep),
-               async_checkpoints=bool(ckpt.get("async_save", True)), log_every=int(log.every_steps),
-               sample_every=int(log.sample_every_steps), num_samples=int(log.num_samples),
+    return cls(seed=int(config.seed),
+               batch_size=int(t.batch_size),
+               num_steps=int(t.num_steps),
+               drop_first_frame=float(t.drop_first_frame),
+               init_from=str(t.get("init_from", "") or ""),
+               checkpoint_every=int(ckpt.every_steps),
+               checkpoint_keep=int(ckpt.keep),
+               async_checkpoints=bool(ckpt.get("async_save", True)),
+               log_every=int(log.every_steps),
+               sample_every=int(log.sample_every_steps),
+               num_samples=int(log.num_samples),
                sample_prompts=tuple(str(p) for p in log.get("sample_prompts", ())),
                progress=bool(log.get("progress", True)))
 
@@ -193,10 +216,15 @@ class Experiment:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Experiment":
     """The typed parts, without the cross-section checks of `validate_experiment`."""
-    return cls(config=config, model=model_config(config), text=text_config(config),
-               autoencoder=autoencoder_config(config), sampling=sampling_options(config, progress=False),
-               step=StepSettings.from_config(config), optimizer=OptimizerSettings.from_config(config),
-               mesh=MeshSettings.from_config(config), loop=LoopSettings.from_config(config))
+    return cls(config=config,
+               model=model_config(config),
+               text=text_config(config),
+               autoencoder=autoencoder_config(config),
+               sampling=sampling_options(config, progress=False),
+               step=StepSettings.from_config(config),
+               optimizer=OptimizerSettings.from_config(config),
+               mesh=MeshSettings.from_config(config),
+               loop=LoopSettings.from_config(config))
 
   @property
   def data(self) -> ml_collections.ConfigDict:

@@ -54,8 +54,7 @@ def _refuse_existing(path: epath.Path, overwrite: bool) -> None:
     raise FileExistsError(f"{path} already exists; choose another name or pass --overwrite")
 
 
-def write_file(path: PathLike, write: Callable[[str], Any], overwrite: bool = True,
-               suffix: str = "") -> epath.Path:
+def write_file(path: PathLike, write: Callable[[str], Any], overwrite: bool = True, suffix: str = "") -> epath.Path:
   """Calls write(local_file) and moves the result to `path` when it returns.
 
   `write` gets a local filename ending in `suffix` (libraries such as ffmpeg need real files
@@ -81,9 +80,11 @@ def write_file(path: PathLike, write: Callable[[str], Any], overwrite: bool = Tr
 
 
 def write_bytes(path: PathLike, data: bytes, overwrite: bool = True) -> epath.Path:
+
   def write(local):
     with open(local, "wb") as f:
       f.write(data)
+
   return write_file(path, write, overwrite)
 
 
@@ -105,7 +106,8 @@ def load_npy(path: PathLike) -> np.ndarray:
     return np.load(f)
 
 
-def atomic_directory_write(directory: PathLike, write_fn: Callable[[epath.Path], Any],
+def atomic_directory_write(directory: PathLike,
+                           write_fn: Callable[[epath.Path], Any],
                            overwrite: bool = False) -> epath.Path:
   """Calls write_fn(tmp_dir) and moves tmp_dir to `directory` when it returns.
 

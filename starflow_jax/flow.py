@@ -84,27 +84,39 @@ class FlowBlock(nn.Module):
       return
     d, w = self.token_dim, self.width
     dense = dict(dtype=self.dtype, param_dtype=jnp.float32)
-    self.proj_in = nn.Dense(w, kernel_init=layers.logical(layers.dense_init(), (axes.PATCH, axes.EMBED)),
-                            bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)
-    self.sos = self.param("sos", layers.logical(nn.initializers.normal(1.0), (axes.PATCH,)), (d,),
-                          jnp.float32)
+    self.proj_in = nn.Dense(w,
+                            kernel_init=layers.logical(layers.dense_init(), (axes.PATCH, axes.EMBED)),
+                            bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)),
+                            **dense)
+    self.sos = self.param("sos", layers.logical(nn.initializers.normal(1.0), (axes.PATCH,)), (d,), jnp.float32)
     if self.conditioning == "text":
-      self.proj_txt = nn.Dense(w, kernel_init=layers.logical(layers.dense_init(), (axes.TEXT, axes.EMBED)),
-                               bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)), **dense)
+      self.proj_txt = nn.Dense(w,
+                               kernel_init=layers.logical(layers.dense_init(), (axes.TEXT, axes.EMBED)),
+                               bias_init=layers.logical(nn.initializers.zeros, (axes.EMBED,)),
+                               **dense)
     elif self.conditioning == "class":
-      self.class_embed = nn.Embed(self.num_classes + 1, w, dtype=self.dtype, param_dtype=jnp.float32,
+      self.class_embed = nn.Embed(self.num_classes + 1,
+                                  w,
+                                  dtype=self.dtype,
+                                  param_dtype=jnp.float32,
                                   embedding_init=layers.logical(layers.dense_init(), (axes.CLASSES, axes.EMBED)))
     layer_cls = layers.layer_class(self.remat)
-    self.layers = [layer_cls(num_heads=w // self.head_dim, head_dim=self.head_dim,
-                             mlp_hidden=int(w * self.expansion), norm_type=self.norm_type,
-                             use_bias=self.use_bias, dtype=self.dtype,
-                             attention_block_size=self.attention_block_size)
-                   for _ in range(self.num_layers)]
+    self.layers = [
+        layer_cls(num_heads=w // self.head_dim,
+                  head_dim=self.head_dim,
+                  mlp_hidden=int(w * self.expansion),
+                  norm_type=self.norm_type,
+                  use_bias=self.use_bias,
+                  dtype=self.dtype,
+                  attention_block_size=self.attention_block_size) for _ in range(self.num_layers)
+    ]
     if self.use_final_norm:
       self.final_norm = layers.RMSNorm()
     # Zero kernel: a fresh block is the identity map (scale 1, shift 0).
-    self.proj_out = nn.Dense(2 * d, kernel_init=layers.logical(nn.initializers.zeros, (axes.EMBED, axes.PATCH)),
-                             bias_init=layers.logical(nn.initializers.zeros, (axes.PATCH,)), **dense)
+    self.proj_out = nn.Dense(2 * d,
+                             kernel_init=layers.logical(nn.initializers.zeros, (axes.EMBED, axes.PATCH)),
+                             bias_init=layers.logical(nn.initializers.zeros, (axes.PATCH,)),
+                             **dense)
 
   # ------------------------------------------------------------------ pieces
   @property

@@ -33,8 +33,16 @@ Array = jnp.ndarray
 
 
 class BlockInverse(Protocol):
-  def __call__(self, block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None,
-               guidance: float, given: Array | None = None) -> Array: ...
+
+  def __call__(self,
+               block: FlowBlock,
+               params,
+               z: Array,
+               grid: TokenGrid,
+               cond: Array | None,
+               guidance: float,
+               given: Array | None = None) -> Array:
+    ...
 
 
 def block_inverse_for(options: JacobiOptions | None) -> BlockInverse:
@@ -44,8 +52,11 @@ def block_inverse_for(options: JacobiOptions | None) -> BlockInverse:
   return functools.partial(jacobi.jacobi_inverse, options=options)
 
 
-def guided_condition(config: ModelConfig, cond: Array | None, null_cond: Array | None,
-                     guidance: float, stored_null: Array | None = None) -> tuple[Array | None, float]:
+def guided_condition(config: ModelConfig,
+                     cond: Array | None,
+                     null_cond: Array | None,
+                     guidance: float,
+                     stored_null: Array | None = None) -> tuple[Array | None, float]:
   """(the deep block's condition, its guidance): [cond; null] [2B, ...] and `guidance` when
   guided, else (cond, 0.0). null: `null_cond`, else `model.null_condition` (with the model's
   stored null, if any)."""
@@ -55,8 +66,8 @@ def guided_condition(config: ModelConfig, cond: Array | None, null_cond: Array |
   return jnp.concatenate([cond, null], axis=0), guidance
 
 
-def shallow_inverse(config: ModelConfig, params, h: Array, grid: TokenGrid, deep_cond: Array | None,
-                    guidance: float, block_inverse: BlockInverse) -> Array:
+def shallow_inverse(config: ModelConfig, params, h: Array, grid: TokenGrid, deep_cond: Array | None, guidance: float,
+                    block_inverse: BlockInverse) -> Array:
   """The shallow blocks' inverses in reverse order on the deep block's output h [B, T, N, D]
   (`grid` its T frames; one frame at a time for a frame-by-frame scheduler). `deep_cond` and
   `guidance` as returned by `guided_condition`."""
@@ -66,8 +77,8 @@ def shallow_inverse(config: ModelConfig, params, h: Array, grid: TokenGrid, deep
   s_grid = model_lib.shallow_grid(config, grid)
   for i in reversed(range(config.num_blocks - 1)):
     h_in = model_lib.to_shallow_batch(config, h)
-    h = block_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in,
-                      s_grid, shallow_cond, shallow_guidance)
+    h = block_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in, s_grid,
+                      shallow_cond, shallow_guidance)
     h = h.reshape(b, t, n, d)
   return h
 
@@ -77,8 +88,14 @@ def prefix_tokens(config: ModelConfig, params, prefix: Array, cond: Array | None
   return model_lib.StarFlow(config).apply({"params": params}, prefix, cond, method=model_lib.StarFlow.deep_input)
 
 
-def invert(config: ModelConfig, params, z: Array, cond: Array | None = None, *, guidance: float = 0.0,
-           null_cond: Array | None = None, block_inverse: BlockInverse = decoding.sequential_inverse,
+def invert(config: ModelConfig,
+           params,
+           z: Array,
+           cond: Array | None = None,
+           *,
+           guidance: float = 0.0,
+           null_cond: Array | None = None,
+           block_inverse: BlockInverse = decoding.sequential_inverse,
            prefix: Array | None = None) -> Array:
   """Noise z (latent layout [B, H, W, C] or [B, T, H, W, C]) -> latents x, inverting every block.
 
@@ -92,37 +109,64 @@ def invert(config: ModelConfig, params, z: Array, cond: Array | None = None, *, 
   given = None
   if prefix is not None:
     given = prefix_tokens(config, params, prefix, cond).reshape(b, -1, d)  # [B, Tp*N, D]
-  h = block_inverse(model_lib.deep_block(config), model_lib.deep_params(params), z_tok.reshape(b, t * n, d),
-                    grid, deep_cond, deep_guidance, given=given)
+  h = block_inverse(model_lib.deep_block(config),
+                    model_lib.deep_params(params),
+                    z_tok.reshape(b, t * n, d),
+                    grid,
+                    deep_cond,
+                    deep_guidance,
+                    given=given)
   h = shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse)
   x = tokens.unpatchify(h, grid, config.patch_size)
   if prefix is not None:
-    x = x.at[:, : prefix.shape[1]].set(prefix)
+    x = x.at[:, :prefix.shape[1]].set(prefix)
   return x[:, 0] if is_image else x
 
 
 @functools.partial(jax.jit, static_argnames=("config", "guidance"))
-def sample_sequential(config: ModelConfig, params, z: Array, cond: Array | None = None,
-                      guidance: float = 0.0, null_cond: Array | None = None,
+def sample_sequential(config: ModelConfig,
+                      params,
+                      z: Array,
+                      cond: Array | None = None,
+                      guidance: float = 0.0,
+                      null_cond: Array | None = None,
                       prefix: Array | None = None) -> Array:
   """Compiled `invert` with token-by-token decoding of every block."""
   return invert(config, params, z, cond, guidance=guidance, null_cond=null_cond, prefix=prefix)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "guidance", "block_size", "threshold",
-                                             "max_iter", "later_block_size", "video_init",
-                                             "reference_compatible"))
-def sample_jacobi(config: ModelConfig, params, z: Array, cond: Array | None = None, *,
-                  guidance: float = 0.0, null_cond: Array | None = None, prefix: Array | None = None,
-                  block_size: int = 64, threshold: float = 1e-3, max_iter: int = 32,
-                  later_block_size: int | None = None, video_init: bool = True,
+@functools.partial(jax.jit,
+                   static_argnames=("config", "guidance", "block_size", "threshold", "max_iter", "later_block_size",
+                                    "video_init", "reference_compatible"))
+def sample_jacobi(config: ModelConfig,
+                  params,
+                  z: Array,
+                  cond: Array | None = None,
+                  *,
+                  guidance: float = 0.0,
+                  null_cond: Array | None = None,
+                  prefix: Array | None = None,
+                  block_size: int = 64,
+                  threshold: float = 1e-3,
+                  max_iter: int = 32,
+                  later_block_size: int | None = None,
+                  video_init: bool = True,
                   reference_compatible: bool | None = None) -> Array:
   """Compiled `invert` with Jacobi decoding of every block (the official `jacobi=True`).
 
   reference_compatible defaults to True here so results match the official sampler.
   """
-  options = JacobiOptions(block_size=block_size, later_block_size=later_block_size,
-                          threshold=threshold, max_iter=max_iter, video_init=video_init,
+  options = JacobiOptions(block_size=block_size,
+                          later_block_size=later_block_size,
+                          threshold=threshold,
+                          max_iter=max_iter,
+                          video_init=video_init,
                           reference_compatible=True if reference_compatible is None else reference_compatible)
-  return invert(config, params, z, cond, guidance=guidance, null_cond=null_cond, prefix=prefix,
+  return invert(config,
+                params,
+                z,
+                cond,
+                guidance=guidance,
+                null_cond=null_cond,
+                prefix=prefix,
                 block_inverse=block_inverse_for(options))

@@ -82,8 +82,8 @@ def group_runs(schedule: list[tuple[int, int]], max_count: int | None = None) ->
   """Consecutive equal-size blocks -> [(first_start, size, count)], at most max_count per run."""
   runs = []
   for a, m in schedule:
-    if runs and runs[-1][1] == m and runs[-1][0] + runs[-1][1] * runs[-1][2] == a and (
-        max_count is None or runs[-1][2] < max_count):
+    if runs and runs[-1][1] == m and runs[-1][0] + runs[-1][1] * runs[-1][2] == a and (max_count is None or
+                                                                                       runs[-1][2] < max_count):
       first, size, count = runs[-1]
       runs[-1] = (first, size, count + 1)
     else:
@@ -98,9 +98,8 @@ class _BlockCarry:
   done: Array  # bool scalar
 
 
-def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, start: Array,
-                size: int, grid: TokenGrid, cond_len: int, guidance: float,
-                options: JacobiOptions) -> tuple[DecodeState, Array]:
+def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, start: Array, size: int, grid: TokenGrid,
+                cond_len: int, guidance: float, options: JacobiOptions) -> tuple[DecodeState, Array]:
   """Jacobi iterations for tokens [start, start + size) (a `lax.while_loop`); returns the state
   and the number of iterations run. `start` is the absolute token index; the cache position is
   start - state.position_offset (sliding windows re-base the cache)."""
@@ -115,8 +114,7 @@ def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, sta
     # Initial iterate: the previous frame's tokens at the same positions.
     prev_tokens = jax.lax.dynamic_slice_in_dim(buffer, prev_start + 1, size, axis=1)
     current = jax.lax.dynamic_slice_in_dim(buffer, start + 1, size, axis=1)
-    buffer = jax.lax.dynamic_update_slice_in_dim(
-        buffer, jnp.where(use_prev, prev_tokens, current), start + 1, axis=1)
+    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(use_prev, prev_tokens, current), start + 1, axis=1)
 
   def body(carry: _BlockCarry) -> _BlockCarry:
     buf = carry.state.buffer
@@ -125,8 +123,7 @@ def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, sta
       prev_inputs = jax.lax.dynamic_slice_in_dim(buf, prev_start, size, axis=1)
       inputs = jnp.where(jnp.logical_and(use_prev, carry.iteration == 0), prev_inputs, inputs)
     position = start - carry.state.position_offset
-    scale, shift, cache = affine_params(block, params, inputs, position, carry.state.cache, grid,
-                                        cond_len, guidance)
+    scale, shift, cache = affine_params(block, params, inputs, position, carry.state.cache, grid, cond_len, guidance)
     new_x = affine_inverse(z_block, shift, scale)  # [B, m, D]
     old_x = jax.lax.dynamic_slice_in_dim(buf, start + 1, size, axis=1)[:batch]
     change = jnp.mean(jnp.square(new_x - old_x)) / jnp.mean(jnp.square(new_x))
@@ -140,23 +137,23 @@ def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, sta
   return carry.state, carry.iteration
 
 
-def solve_run(block: FlowBlock, params, state: DecodeState, z_perm: Array, first_start: Array,
-              size: int, count: int, grid: TokenGrid, cond_len: int, guidance: float,
-              options: JacobiOptions) -> tuple[DecodeState, Array]:
+def solve_run(block: FlowBlock, params, state: DecodeState, z_perm: Array, first_start: Array, size: int, count: int,
+              grid: TokenGrid, cond_len: int, guidance: float, options: JacobiOptions) -> tuple[DecodeState, Array]:
   """`count` consecutive blocks of `size` tokens from `first_start` (a `lax.fori_loop`).
 
   Returns the state and the iterations of each block [count]."""
+
   def body(j, carry):
     state, iterations = carry
-    state, its = solve_block(block, params, state, z_perm, first_start + j * size, size, grid,
-                             cond_len, guidance, options)
+    state, its = solve_block(block, params, state, z_perm, first_start + j * size, size, grid, cond_len, guidance,
+                             options)
     return state, iterations.at[j].set(its)
 
   return jax.lax.fori_loop(0, count, body, (state, jnp.zeros((count,), jnp.int32)))
 
 
-def decode_span(block: FlowBlock, params, state: DecodeState, z_perm: Array, first: Array, size: int,
-                count: int, grid: TokenGrid, cond_len: int, guidance: float,
+def decode_span(block: FlowBlock, params, state: DecodeState, z_perm: Array, first: Array, size: int, count: int,
+                grid: TokenGrid, cond_len: int, guidance: float,
                 options: JacobiOptions | None) -> tuple[DecodeState, Array]:
   """Tokens [first, first + size * count) of a block: one at a time when `options` is None
   (size 1), else `count` Jacobi blocks of `size`. Returns the state and the iterations of each
@@ -167,7 +164,10 @@ def decode_span(block: FlowBlock, params, state: DecodeState, z_perm: Array, fir
   return solve_run(block, params, state, z_perm, first, size, count, grid, cond_len, guidance, options)
 
 
-def span_calls(start: int, end: int, frame_len: int, options: JacobiOptions | None,
+def span_calls(start: int,
+               end: int,
+               frame_len: int,
+               options: JacobiOptions | None,
                per_frame: bool = False) -> list[tuple[int, int, int]]:
   """The `decode_span` calls (first token, size, count) that decode tokens [start, end):
   token by token (options None) or the Jacobi schedule, whole or cut into calls of about one
@@ -184,8 +184,7 @@ def span_calls(start: int, end: int, frame_len: int, options: JacobiOptions | No
   runs = group_runs(block_schedule(start, end, frame_len, options))
   if not per_frame:
     return runs
-  return [call for first, size, count in runs
-          for call in _split_run(first, size, count, max(1, frame_len // size))]
+  return [call for first, size, count in runs for call in _split_run(first, size, count, max(1, frame_len // size))]
 
 
 def _split_run(first: int, size: int, count: int, per_call: int) -> list[tuple[int, int, int]]:
@@ -199,9 +198,15 @@ def _split_run(first: int, size: int, count: int, per_call: int) -> list[tuple[i
   return calls
 
 
-def jacobi_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None = None,
-                   guidance: float = 0.0, given: Array | None = None,
-                   options: JacobiOptions = JacobiOptions(), return_iterations: bool = False):
+def jacobi_inverse(block: FlowBlock,
+                   params,
+                   z: Array,
+                   grid: TokenGrid,
+                   cond: Array | None = None,
+                   guidance: float = 0.0,
+                   given: Array | None = None,
+                   options: JacobiOptions = JacobiOptions(),
+                   return_iterations: bool = False):
   """Inverts one flow block by block-wise Jacobi: raster noise z [B, S, D] -> raster tokens.
 
   Same contract as `decoding.sequential_inverse` (cond is [cond; null] when guidance > 0; `given`
@@ -213,8 +218,8 @@ def jacobi_inverse(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Ar
   state, z_perm, first, cond_len = decoding.begin_block(block, params, z, grid, cond, guidance, given)
   iterations = [jnp.zeros((0,), jnp.int32)]
   for start, size, count in span_calls(first, z.shape[1], grid.tokens_per_frame, options):
-    state, its = solve_run(block, params, state, z_perm, jnp.int32(start), size, count, grid,
-                           cond_len, guidance, options)
+    state, its = solve_run(block, params, state, z_perm, jnp.int32(start), size, count, grid, cond_len, guidance,
+                           options)
     iterations.append(its)
   x = decoding.end_block(block, state, z.shape[0], grid)
   if return_iterations:

@@ -53,8 +53,11 @@ class RMSNorm(nn.Module):
 def make_norm(norm_type: str, name: str, dtype=jnp.float32) -> nn.Module:
   """LayerNorm (weight and bias, eps 1e-5 as PyTorch, two-pass variance) or unit-offset RMSNorm."""
   if norm_type == "layer_norm":
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype,
-                        param_dtype=jnp.float32, name=name,
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS,
+                        use_fast_variance=False,
+                        dtype=dtype,
+                        param_dtype=jnp.float32,
+                        name=name,
                         scale_init=logical(nn.initializers.ones, (axes.NORM,)),
                         bias_init=logical(nn.initializers.zeros, (axes.NORM,)))
   return RMSNorm(name=name)
@@ -70,7 +73,7 @@ def attend(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
 
   Logits and softmax in float32, scale head_dim^-0.5 (the official scale).
   """
-  scale = q.shape[-1] ** -0.5
+  scale = q.shape[-1]**-0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
@@ -92,8 +95,13 @@ class Attention(nn.Module):
   block_size: int | None = None  # block-wise (flash) attention for longer sequences; None: dense
 
   @nn.compact
-  def __call__(self, x: Array, cos: Array, sin: Array, mask,
-               cache: KVCache | None = None, cache_index: Array | int = 0):
+  def __call__(self,
+               x: Array,
+               cos: Array,
+               sin: Array,
+               mask,
+               cache: KVCache | None = None,
+               cache_index: Array | int = 0):
     """x [B, M, W]; cos/sin [M, Dh] for these M positions.
 
     Without a cache: attention among the M tokens under `mask` (a [M, M] / [B, M, M] bool array,
@@ -103,11 +111,14 @@ class Attention(nn.Module):
     cache entries j <= cache_index + i (earlier entries hold the prefix). Returns (y, cache).
     """
     width = x.shape[-1]
-    qkv = nn.DenseGeneral(
-        features=(3, self.num_heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=jnp.float32, name="qkv",
-        kernel_init=logical(dense_init(), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV)),
-        bias_init=logical(nn.initializers.zeros, (axes.QKV, axes.HEADS, axes.KV)))(x)  # [B, M, 3, H, Dh]
+    qkv = nn.DenseGeneral(features=(3, self.num_heads, self.head_dim),
+                          use_bias=self.use_bias,
+                          dtype=self.dtype,
+                          param_dtype=jnp.float32,
+                          name="qkv",
+                          kernel_init=logical(dense_init(), (axes.EMBED, axes.QKV, axes.HEADS, axes.KV)),
+                          bias_init=logical(nn.initializers.zeros,
+                                            (axes.QKV, axes.HEADS, axes.KV)))(x)  # [B, M, 3, H, Dh]
     qkv = axes.constrain(qkv, (axes.ACT_BATCH, axes.ACT_LENGTH, None, axes.ACT_HEADS, axes.ACT_KV))
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = rope.apply_rope(q, cos, sin)
@@ -116,8 +127,10 @@ class Attention(nn.Module):
       cache_index = jnp.asarray(cache_index, jnp.int32)
       zero = jnp.zeros((), jnp.int32)
       start = (zero, cache_index, zero, zero)
-      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+      cache = {
+          "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+          "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
+      }
       k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
       query_pos = cache_index + jnp.arange(q.shape[1])
       mask = jnp.arange(k.shape[1])[None, :] <= query_pos[:, None]
@@ -128,11 +141,14 @@ class Attention(nn.Module):
         y = attend(q, k, v, None if mask is None else mask.dense(q.shape[1], k.shape[1]))
     else:
       y = attend(q, k, v, mask)  # [B, M, H, Dh]
-    y = nn.DenseGeneral(
-        features=width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=jnp.float32, name="out",
-        kernel_init=logical(dense_init(), (axes.HEADS, axes.KV, axes.EMBED)),
-        bias_init=logical(nn.initializers.zeros, (axes.EMBED,)))(y)
+    y = nn.DenseGeneral(features=width,
+                        axis=(-2, -1),
+                        use_bias=self.use_bias,
+                        dtype=self.dtype,
+                        param_dtype=jnp.float32,
+                        name="out",
+                        kernel_init=logical(dense_init(), (axes.HEADS, axes.KV, axes.EMBED)),
+                        bias_init=logical(nn.initializers.zeros, (axes.EMBED,)))(y)
     return y, cache
 
 
@@ -156,13 +172,21 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     width = x.shape[-1]
-    h = nn.Dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+    h = nn.Dense(self.hidden,
+                 use_bias=self.use_bias,
+                 dtype=self.dtype,
+                 param_dtype=jnp.float32,
                  kernel_init=logical(dense_init(), (axes.EMBED, axes.MLP)),
-                 bias_init=logical(nn.initializers.zeros, (axes.MLP,)), name="fc_in")(x)
+                 bias_init=logical(nn.initializers.zeros, (axes.MLP,)),
+                 name="fc_in")(x)
     h = gelu_exact(axes.constrain(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP)))
-    return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+    return nn.Dense(width,
+                    use_bias=self.use_bias,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
                     kernel_init=logical(dense_init(), (axes.MLP, axes.EMBED)),
-                    bias_init=logical(nn.initializers.zeros, (axes.EMBED,)), name="fc_out")(h)
+                    bias_init=logical(nn.initializers.zeros, (axes.EMBED,)),
+                    name="fc_out")(h)
 
 
 ACTIVATION = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)  # a layer's input and output [B, M, W]
@@ -180,12 +204,21 @@ class TransformerLayer(nn.Module):
   attention_block_size: int | None = None
 
   @nn.compact
-  def __call__(self, x: Array, cos: Array, sin: Array, mask,
-               cache: KVCache | None = None, cache_index: Array | int = 0):
+  def __call__(self,
+               x: Array,
+               cos: Array,
+               sin: Array,
+               mask,
+               cache: KVCache | None = None,
+               cache_index: Array | int = 0):
     x = axes.constrain(x, ACTIVATION)
     h = make_norm(self.norm_type, "attention_norm", self.dtype)(x)
-    h, cache = Attention(self.num_heads, self.head_dim, self.use_bias, self.dtype,
-                         self.attention_block_size, name="attention")(h, cos, sin, mask, cache, cache_index)
+    h, cache = Attention(self.num_heads,
+                         self.head_dim,
+                         self.use_bias,
+                         self.dtype,
+                         self.attention_block_size,
+                         name="attention")(h, cos, sin, mask, cache, cache_index)
     x = x + h
     h = make_norm(self.norm_type, "mlp_norm", self.dtype)(x)
     x = x + MLP(self.mlp_hidden, self.use_bias, self.dtype, name="mlp")(h)
@@ -201,7 +234,11 @@ def layer_class(remat: bool):
   return nn.remat(TransformerLayer, static_argnums=(4,))  # self, x, cos, sin, mask
 
 
-def init_kv_cache(batch: int, length: int, num_heads: int, head_dim: int, num_layers: int,
+def init_kv_cache(batch: int,
+                  length: int,
+                  num_heads: int,
+                  head_dim: int,
+                  num_layers: int,
                   dtype=jnp.float32) -> list[KVCache]:
   """Zeroed per-layer caches, each {"k", "v"}: [B, length, H, Dh]."""
   shape = (batch, length, num_heads, head_dim)

@@ -44,7 +44,9 @@ def flow_loss_terms(z: Array, logdets: Sequence[Array], drop_first_frame: bool =
   return loss_z, loss_logdet
 
 
-def flow_loss(z: Array, logdets: Sequence[Array], weights: Array | None = None,
+def flow_loss(z: Array,
+              logdets: Sequence[Array],
+              weights: Array | None = None,
               drop_first_frame: bool = False) -> dict[str, Array]:
   """The official `get_loss`: {'loss', 'loss_z', 'loss_logdet'}, scalars averaged over the batch."""
   loss_z, loss_logdet = flow_loss_terms(z, logdets, drop_first_frame)

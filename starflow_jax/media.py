@@ -49,15 +49,16 @@ def _atomic(path, write) -> str:
 def save_gif(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str:
   frames = upscale(to_uint8(video), min_side)
   images = [Image.fromarray(f) for f in frames]
-  return _atomic(path, lambda p: images[0].save(p, save_all=True, append_images=images[1:],
-                                                duration=max(1, int(1000 / fps)), loop=0))
+  return _atomic(
+      path,
+      lambda p: images[0].save(p, save_all=True, append_images=images[1:], duration=max(1, int(1000 / fps)), loop=0))
 
 
 def save_mp4(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str | None:
   """Writes an H.264 MP4 with the ffmpeg binary bundled by imageio-ffmpeg; None if unavailable."""
   frames = upscale(to_uint8(video), min_side)
   h, w = frames.shape[1:3]
-  frames = frames[:, : h - h % 16 or h, : w - w % 16 or w]  # macroblock-aligned for H.264
+  frames = frames[:, :h - h % 16 or h, :w - w % 16 or w]  # macroblock-aligned for H.264
 
   def write(p):
     imageio.mimsave(p, list(frames), fps=fps, macro_block_size=16, codec="libx264")
@@ -69,7 +70,9 @@ def save_mp4(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str 
     return None
 
 
-def frame_grid(videos: np.ndarray, captions: list[str] | None = None, min_side: int = 64,
+def frame_grid(videos: np.ndarray,
+               captions: list[str] | None = None,
+               min_side: int = 64,
                max_frames: int = 16) -> np.ndarray:
   """[B, T, H, W, C] -> one uint8 image: a row per video (frames left to right), caption above."""
   videos = np.stack([upscale(to_uint8(v), min_side) for v in videos])[:, :max_frames]
@@ -80,7 +83,7 @@ def frame_grid(videos: np.ndarray, captions: list[str] | None = None, min_side: 
     top = pad + i * (h + text_h + pad) + text_h
     for j in range(t):
       left = pad + j * (w + pad)
-      canvas[top: top + h, left: left + w] = videos[i, j]
+      canvas[top:top + h, left:left + w] = videos[i, j]
   image = Image.fromarray(canvas)
   if captions:
     draw = ImageDraw.Draw(image)

@@ -47,6 +47,7 @@ class _JsonLines:
 
 
 class MetricWriter:
+
   def __init__(self, workdir, tensorboard: bool = True):
     self.workdir = fileio.as_path(workdir)
     self.active = distributed.is_primary()

@@ -115,29 +115,49 @@ class FlowOutput:
 
 def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
   """Shallow block `index` (0-based, applied in this order in the forward map)."""
-  return FlowBlock(
-      token_dim=config.token_dim, width=config.channels, num_layers=config.block_layers[index],
-      head_dim=config.head_dim, order=config.block_permutation(index),
-      pt_seq_len=config.rope_seq_len, rope_layout=config.rope_layout,
-      conditioning=None if config.cond_top_only else config.conditioning,
-      txt_dim=config.txt_dim, num_classes=config.num_classes, soft_clip=config.soft_clip,
-      use_softplus=config.use_softplus, use_final_norm=config.use_final_norm,
-      norm_type=config.norm_type, use_bias=config.use_bias, expansion=config.expansion,
-      dtype=config.dtype, remat=config.remat, attention_block_size=config.attention_block_size)
+  return FlowBlock(token_dim=config.token_dim,
+                   width=config.channels,
+                   num_layers=config.block_layers[index],
+                   head_dim=config.head_dim,
+                   order=config.block_permutation(index),
+                   pt_seq_len=config.rope_seq_len,
+                   rope_layout=config.rope_layout,
+                   conditioning=None if config.cond_top_only else config.conditioning,
+                   txt_dim=config.txt_dim,
+                   num_classes=config.num_classes,
+                   soft_clip=config.soft_clip,
+                   use_softplus=config.use_softplus,
+                   use_final_norm=config.use_final_norm,
+                   norm_type=config.norm_type,
+                   use_bias=config.use_bias,
+                   expansion=config.expansion,
+                   dtype=config.dtype,
+                   remat=config.remat,
+                   attention_block_size=config.attention_block_size)
 
 
 def deep_block(config: ModelConfig) -> FlowBlock:
   """The deep (global, causal across frames, conditioned) block: the last one."""
   index = config.num_blocks - 1
-  return FlowBlock(
-      token_dim=config.token_dim, width=config.deep_channels, num_layers=config.block_layers[index],
-      head_dim=config.head_dim, order=config.block_permutation(index),
-      pt_seq_len=config.rope_seq_len, rope_layout=config.rope_layout,
-      conditioning=config.conditioning, txt_dim=config.txt_dim, num_classes=config.num_classes,
-      soft_clip=config.soft_clip, use_softplus=config.use_softplus,
-      use_final_norm=config.use_final_norm, norm_type=config.norm_type, use_bias=config.use_bias,
-      expansion=config.expansion, dtype=config.dtype, remat=config.remat,
-      attention_block_size=config.attention_block_size)
+  return FlowBlock(token_dim=config.token_dim,
+                   width=config.deep_channels,
+                   num_layers=config.block_layers[index],
+                   head_dim=config.head_dim,
+                   order=config.block_permutation(index),
+                   pt_seq_len=config.rope_seq_len,
+                   rope_layout=config.rope_layout,
+                   conditioning=config.conditioning,
+                   txt_dim=config.txt_dim,
+                   num_classes=config.num_classes,
+                   soft_clip=config.soft_clip,
+                   use_softplus=config.use_softplus,
+                   use_final_norm=config.use_final_norm,
+                   norm_type=config.norm_type,
+                   use_bias=config.use_bias,
+                   expansion=config.expansion,
+                   dtype=config.dtype,
+                   remat=config.remat,
+                   attention_block_size=config.attention_block_size)
 
 
 def shallow_blocks(config: ModelConfig) -> tuple[FlowBlock, ...]:
@@ -146,14 +166,23 @@ def shallow_blocks(config: ModelConfig) -> tuple[FlowBlock, ...]:
 
 
 def denoiser(config: ModelConfig) -> Denoiser:
-  return Denoiser(
-      token_dim=config.token_dim, width=config.channels, num_layers=config.denoiser_layers,
-      head_dim=config.head_dim, pt_seq_len=config.rope_seq_len, rope_layout=config.rope_layout,
-      conditioning=config.conditioning if config.conditional_denoiser else None,
-      num_classes=config.num_classes, lookahead=config.temporal_causal,
-      window=config.denoiser_window, use_final_norm=config.use_final_norm,
-      norm_type=config.norm_type, use_bias=config.use_bias, expansion=config.expansion,
-      dtype=config.dtype, remat=config.remat, attention_block_size=config.attention_block_size)
+  return Denoiser(token_dim=config.token_dim,
+                  width=config.channels,
+                  num_layers=config.denoiser_layers,
+                  head_dim=config.head_dim,
+                  pt_seq_len=config.rope_seq_len,
+                  rope_layout=config.rope_layout,
+                  conditioning=config.conditioning if config.conditional_denoiser else None,
+                  num_classes=config.num_classes,
+                  lookahead=config.temporal_causal,
+                  window=config.denoiser_window,
+                  use_final_norm=config.use_final_norm,
+                  norm_type=config.norm_type,
+                  use_bias=config.use_bias,
+                  expansion=config.expansion,
+                  dtype=config.dtype,
+                  remat=config.remat,
+                  attention_block_size=config.attention_block_size)
 
 
 def shallow_grid(config: ModelConfig, grid: TokenGrid) -> TokenGrid:

@@ -74,11 +74,11 @@ def rope_frequencies(head_dim: int, layout: str) -> list[np.ndarray]:
   """One float32 frequency vector per position axis (their lengths sum to head_dim / 2)."""
   pairs = head_dim // 2
   spatial = pairs - THIRD_AXIS_PAIRS if layout == "3d" else pairs
-  freqs = 1.0 / (THETA ** (np.arange(0, spatial, 2, dtype=np.float32)[: spatial // 2] / np.float32(spatial)))
+  freqs = 1.0 / (THETA**(np.arange(0, spatial, 2, dtype=np.float32)[:spatial // 2] / np.float32(spatial)))
   freqs = freqs.astype(np.float32)
   if layout == "2d":
     return [freqs, freqs]
-  third = 1.0 / (THETA ** (np.arange(THIRD_AXIS_PAIRS, dtype=np.float32) / np.float32(THIRD_AXIS_PAIRS)))
+  third = 1.0 / (THETA**(np.arange(THIRD_AXIS_PAIRS, dtype=np.float32) / np.float32(THIRD_AXIS_PAIRS)))
   return [freqs, freqs, third.astype(np.float32)]
 
 

@@ -83,12 +83,17 @@ def defaults_from_options(options: SamplingOptions, num_frames: int, latent_fram
   """`options` serialised as a model directory's `sampling_defaults` (with the training clip
   length in frames and latent frames); `options_from_defaults` reads them back."""
   base = SamplingOptions()
-  defaults = {"method": options.method, "guidance": float(options.guidance),
-              "jacobi_block_size": int(options.jacobi.block_size),
-              "jacobi_threshold": float(options.jacobi.threshold),
-              "jacobi_max_iter": int(options.jacobi.max_iter), "denoise": options.denoise,
-              "noise_std": float(options.noise_std), "num_frames": int(num_frames),
-              "latent_frames": int(latent_frames)}
+  defaults = {
+      "method": options.method,
+      "guidance": float(options.guidance),
+      "jacobi_block_size": int(options.jacobi.block_size),
+      "jacobi_threshold": float(options.jacobi.threshold),
+      "jacobi_max_iter": int(options.jacobi.max_iter),
+      "denoise": options.denoise,
+      "noise_std": float(options.noise_std),
+      "num_frames": int(num_frames),
+      "latent_frames": int(latent_frames)
+  }
   for name in ("denoise_step", "window", "context", "temperature"):  # only where not the default
     if getattr(options, name) != getattr(base, name):
       defaults[name] = getattr(options, name)
@@ -105,19 +110,28 @@ def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
   jacobi_options = JacobiOptions(block_size=int(pick("jacobi_block_size", base.block_size)),
                                  threshold=float(pick("jacobi_threshold", base.threshold)),
                                  max_iter=int(pick("jacobi_max_iter", base.max_iter)))
-  stored = {name: defaults[name] for name in ("denoise", "denoise_step", "context", "temperature")
-            if name in defaults and name not in values}
-  return SamplingOptions(method=pick("method", "jacobi"), guidance=float(pick("guidance", 0.0)),
-                         jacobi=jacobi_options, noise_std=float(pick("noise_std", 0.0)),
+  stored = {
+      name: defaults[name]
+      for name in ("denoise", "denoise_step", "context", "temperature")
+      if name in defaults and name not in values
+  }
+  return SamplingOptions(method=pick("method", "jacobi"),
+                         guidance=float(pick("guidance", 0.0)),
+                         jacobi=jacobi_options,
+                         noise_std=float(pick("noise_std", 0.0)),
                          window=pick("window", defaults.get("latent_frames", defaults.get("num_frames"))),
-                         **stored, **values)
+                         **stored,
+                         **values)
 
 
 class VideoSampler:
   """Samples a trained model (a `ModelBundle` read from a model directory)."""
 
-  def __init__(self, bundle: ModelBundle, options: SamplingOptions = SamplingOptions(),
-               text_encoder=None, mesh: jax.sharding.Mesh | None = None):
+  def __init__(self,
+               bundle: ModelBundle,
+               options: SamplingOptions = SamplingOptions(),
+               text_encoder=None,
+               mesh: jax.sharding.Mesh | None = None):
     """`text_encoder`: prompts -> embeddings [B, L, txt_dim] for models trained on an external,
     frozen encoder (e.g. `starflow_jax.text.t5.T5TextEncoder` for Flan-T5); the null condition
     is its encoding of the empty prompt. `mesh`: devices to sample on (default: one device, or
@@ -199,9 +213,10 @@ class VideoSampler:
 
   def compiled_functions(self) -> list:
     """The jitted functions (their cache sizes count compilations)."""
-    return [self._encode_text, self._start, self._prefill, self._run, self._reencode,
-            self._frame_tokens, self._shallow, self._prefix_tokens,
-            self._denoiser, self._score_step, self._take_frames, self._merge_frames]
+    return [
+        self._encode_text, self._start, self._prefill, self._run, self._reencode, self._frame_tokens, self._shallow,
+        self._prefix_tokens, self._denoiser, self._score_step, self._take_frames, self._merge_frames
+    ]
 
   # ------------------------------------------------------------------ conditions
   def _encode_text_impl(self, text_params, ids):
@@ -229,16 +244,23 @@ class VideoSampler:
                         "<bos> included); shorten it")
     unknown = sorted({w for p in prompts for w in tokenizer.unknown_words(p)})
     if unknown:
-      logging.warning("words not in the model's vocabulary become <unk>: %s (known: %s)",
-                      unknown, ", ".join(tokenizer.vocabulary))
+      logging.warning("words not in the model's vocabulary become <unk>: %s (known: %s)", unknown,
+                      ", ".join(tokenizer.vocabulary))
     ids = self.place(np.asarray(tokenizer.encode_batch(list(prompts))))
     null_ids = self.place(np.asarray(tokenizer.encode_batch([""] * len(prompts))))
     return self._encode_text(self.text_params, ids), self._encode_text(self.text_params, null_ids)
 
   # ------------------------------------------------------------------ public API
-  def generate(self, prompts: Sequence[str] | None, num_frames: int, seed: int = 0, *,
-               cond: Array | None = None, null_cond: Array | None = None, batch_size: int = 1,
-               condition_video: np.ndarray | None = None, return_latents: bool = False):
+  def generate(self,
+               prompts: Sequence[str] | None,
+               num_frames: int,
+               seed: int = 0,
+               *,
+               cond: Array | None = None,
+               null_cond: Array | None = None,
+               batch_size: int = 1,
+               condition_video: np.ndarray | None = None,
+               return_latents: bool = False):
     """Videos [B, T, H, W, C] in [-1, 1] (images [B, H, W, C] for image models).
 
     prompts: one per sample (or `cond` embeddings). condition_video: pixels [B or 1, Tc, H, W, C]
@@ -290,8 +312,7 @@ class VideoSampler:
     return latents + self.options.noise_std * noise  # the model was trained on noisy latents
 
   # ------------------------------------------------------------------ flow inverse
-  def sample_latents(self, z: Array, cond: Array | None, null_cond: Array | None,
-                     prefix: Array | None = None) -> Array:
+  def sample_latents(self, z: Array, cond: Array | None, null_cond: Array | None, prefix: Array | None = None) -> Array:
     """Inverts the flow: noise z [B, T, H, W, C] -> noisy latents x~ (prefix frames kept).
 
     `inverse.invert`, scheduled frame by frame over the same pieces (`decoding`, `jacobi`,
@@ -307,12 +328,14 @@ class VideoSampler:
     frame_grid = TokenGrid(1, grid.height, grid.width)
     # Frame-by-frame shallow decoding changes Jacobi's batch-wide stop statistic, so the
     # reference-compatible mode decodes the whole clip at once, as the official sampler does.
-    pipelined = cfg.shallow_block_local and not (
-        self.jacobi_options is not None and self.jacobi_options.reference_compatible)
+    pipelined = cfg.shallow_block_local and not (self.jacobi_options is not None and
+                                                 self.jacobi_options.reference_compatible)
     if pipelined:  # (frame-local shallow blocks are unconditioned: config validation)
       frames: list = [None] * z_tok.shape[1]
+
       def on_frame(f, deep_tokens):  # pipelined: a frame's shallow inverses as soon as it is done
         frames[f] = self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0)
+
       self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, on_frame)
       h = jnp.concatenate(frames, axis=1)
     else:
@@ -320,7 +343,7 @@ class VideoSampler:
       h = self._shallow(self.params, h, deep_cond, grid, guidance)
     x = tokens.unpatchify(h, grid, cfg.patch_size)
     if prefix is not None:
-      x = x.at[:, : prefix.shape[1]].set(prefix)
+      x = x.at[:, :prefix.shape[1]].set(prefix)
     return x
 
   def _deep_inverse(self, z_tok, grid, cond, guidance: float, prefix_tok, on_frame):
@@ -346,8 +369,12 @@ class VideoSampler:
       for f in range(done):
         on_frame(f, self._frame_tokens(state.buffer, np.int32(f), n, b))
     target = min(s_total, window * n)
-    bar = tqdm.tqdm(total=t, initial=done, desc="deep block", unit="frame",
-                    disable=not self.options.progress or not distributed.is_primary(), leave=False)
+    bar = tqdm.tqdm(total=t,
+                    initial=done,
+                    desc="deep block",
+                    unit="frame",
+                    disable=not self.options.progress or not distributed.is_primary(),
+                    leave=False)
     while True:
       for first, size, count in jacobi.span_calls(start, target, n, self.jacobi_options, per_frame=True):
         state = self._run(params, state, z_perm, np.int32(first), size, count, window_grid, guidance)
@@ -369,17 +396,16 @@ class VideoSampler:
     return decoding.start_decoding(self.deep, model_lib.deep_params(params), z_perm, grid, cond, guidance > 0)
 
   def _prefill_impl(self, params, state: DecodeState, p_perm, grid):
-    return decoding.prefill_tokens(self.deep, model_lib.deep_params(params), state, p_perm, grid,
-                                   self.config.cond_len)
+    return decoding.prefill_tokens(self.deep, model_lib.deep_params(params), state, p_perm, grid, self.config.cond_len)
 
   def _run_impl(self, params, state, z_perm, first, size, count, grid, guidance):
-    state, _ = jacobi.decode_span(self.deep, model_lib.deep_params(params), state, z_perm, first, size,
-                                  count, grid, self.config.cond_len, guidance, self.jacobi_options)
+    state, _ = jacobi.decode_span(self.deep, model_lib.deep_params(params), state, z_perm, first, size, count, grid,
+                                  self.config.cond_len, guidance, self.jacobi_options)
     return state
 
   def _reencode_impl(self, params, state: DecodeState, cond, start, context_tokens: int, grid):
-    return decoding.reencode_context(self.deep, model_lib.deep_params(params), state, cond, start,
-                                     context_tokens, grid, self.config.cond_len)
+    return decoding.reencode_context(self.deep, model_lib.deep_params(params), state, cond, start, context_tokens, grid,
+                                     self.config.cond_len)
 
   def _frame_tokens_impl(self, buffer, frame, n: int, batch: int):
     """Raster tokens [B, N, D] of a finished frame (the deep block's orders are per frame)."""
@@ -390,9 +416,11 @@ class VideoSampler:
     return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, self.block_inverse)
 
   def _score_step_impl(self, params, x, cond, sigma):
+
     def total_nll(x):
       out = self.model.apply({"params": params}, x, cond)
       return jnp.sum(losses.total_nll(out.z, out.logdets))
+
     return x - sigma * sigma * jax.grad(total_nll)(x)  # x + sigma^2 grad log p(x)
 
   # ------------------------------------------------------------------ denoising

@@ -76,7 +76,7 @@ def make_mesh(config_shape: Sequence[int], devices: Sequence[Any] | None = None)
   shape = mesh_shape_for(config_shape, len(devices))
   if int(np.prod(shape)) < len(devices):
     logging.info("mesh %s uses %d of %d devices", shape, int(np.prod(shape)), len(devices))
-    devices = devices[: int(np.prod(shape))]
+    devices = devices[:int(np.prod(shape))]
   try:
     device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
   except Exception:  # CPU / uneven topologies: plain reshape
@@ -106,8 +106,10 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules) -> Any:
   structure of the unboxed tree (empty optimizer nodes such as optax's MaskedNode stay empty).
   """
   mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed_tree), rules)
-  spec_by_path = {path: spec for path, spec in jax.tree_util.tree_flatten_with_path(
-      mesh_specs, is_leaf=lambda x: isinstance(x, P))[0]}
+  spec_by_path = {
+      path: spec
+      for path, spec in jax.tree_util.tree_flatten_with_path(mesh_specs, is_leaf=lambda x: isinstance(x, P))[0]
+  }
 
   def to_sharding(path, leaf):
     spec = spec_by_path.get(path)

@@ -86,20 +86,25 @@ def dequantised_pixels(settings: StepSettings, rng: Array, step: Array, video: A
 
 def _label_fn(params):
   """Optimizer group of every parameter: 'denoiser' for the denoiser network, else 'flow'."""
+
   def label(path, _):
     return "denoiser" if model_lib.is_denoiser_path(path) else "flow"
+
   return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_optimizer(train: OptimizerSettings) -> optax.GradientTransformation:
   """AdamW with linear warm-up and cosine decay for the flow (official betas 0.9/0.95, wd 1e-4), and
   a separate AdamW (lr 1e-4, wd 1e-4, cosine) for the denoiser. Clipping happens in the step."""
+
   def schedule(peak, end):
-    return optax.warmup_cosine_decay_schedule(
-        init_value=min(end, 1e-6), peak_value=peak, warmup_steps=max(1, train.warmup_steps),
-        decay_steps=train.num_steps, end_value=end)
-  flow = optax.adamw(schedule(train.lr, train.min_lr), b1=train.b1, b2=train.b2,
-                     weight_decay=train.weight_decay)
+    return optax.warmup_cosine_decay_schedule(init_value=min(end, 1e-6),
+                                              peak_value=peak,
+                                              warmup_steps=max(1, train.warmup_steps),
+                                              decay_steps=train.num_steps,
+                                              end_value=end)
+
+  flow = optax.adamw(schedule(train.lr, train.min_lr), b1=train.b1, b2=train.b2, weight_decay=train.weight_decay)
   denoiser = optax.adamw(schedule(train.denoiser_lr, min(1e-6, train.denoiser_lr)),
                          weight_decay=train.denoiser_weight_decay)
   return optax.multi_transform({"flow": flow, "denoiser": denoiser}, _label_fn)
@@ -142,9 +147,8 @@ def drop_conditions(modules: StepModules, settings: StepSettings, batch: dict[st
   return {**batch, key: dropped}
 
 
-def prepare_inputs(modules: StepModules, settings: StepSettings, state: TrainState,
-                   batch: dict[str, Array], drop_first_frame: bool,
-                   latents_given: bool) -> tuple[Array, dict[str, Array]]:
+def prepare_inputs(modules: StepModules, settings: StepSettings, state: TrainState, batch: dict[str, Array],
+                   drop_first_frame: bool, latents_given: bool) -> tuple[Array, dict[str, Array]]:
   """(x~ [B, T, H, W, C] or [B, H, W, C], the condition inputs): the step's noisy latents and the
   captions / labels / embeddings after condition dropout. Random numbers come from the step's
   keys for the whole batch, so they do not depend on how the batch is split into microbatches."""
@@ -214,8 +218,8 @@ def _batch_gradients(modules: StepModules, settings: StepSettings, params, x_noi
       pred = modules.model.apply({"params": model_params}, x_noisy, cond, method=StarFlow.denoise)
       return jnp.mean(jnp.square(pred - target))
 
-    stats["denoiser_loss"], denoiser_grads = jax.value_and_grad(denoiser_objective)(
-        model_lib.denoiser_params(params["model"]))
+    stats["denoiser_loss"], denoiser_grads = jax.value_and_grad(denoiser_objective)(model_lib.denoiser_params(
+        params["model"]))
     grads["model"] = model_lib.with_denoiser_params(grads["model"], denoiser_grads)
     stats["score_square"] = jnp.mean(jnp.square(target))
   elif model_lib.has_denoiser(params["model"]):
@@ -246,8 +250,8 @@ def accumulated_gradients(modules: StepModules, settings: StepSettings, params, 
 
   micro = jax.tree_util.tree_map(split, (x_noisy, conditions))
   first = jax.tree_util.tree_map(lambda x: x[0], micro)
-  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-      functools.partial(batch_gradients, modules, settings, params), *first))
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                 jax.eval_shape(functools.partial(batch_gradients, modules, settings, params), *first))
   total, _ = jax.lax.scan(body, zeros, micro)
   return jax.tree_util.tree_map(lambda x: x / steps, total)
 
@@ -268,7 +272,8 @@ def guarded_update(modules: StepModules, settings: StepSettings, state: TrainSta
   too_large = flow_norm > settings.grad_clip
   if settings.flow_score_matching:
     den_norm = _global_norm(denoiser_grads)
-    metrics.update(denoiser_loss=stats["denoiser_loss"], denoiser_grad_norm=den_norm,
+    metrics.update(denoiser_loss=stats["denoiser_loss"],
+                   denoiser_grad_norm=den_norm,
                    score_norm=jnp.sqrt(stats["score_square"]))
     denoiser_grads = _clip(denoiser_grads, den_norm, settings.grad_clip)
     finite &= jnp.isfinite(stats["denoiser_loss"]) & jnp.isfinite(den_norm)
@@ -287,14 +292,20 @@ def guarded_update(modules: StepModules, settings: StepSettings, state: TrainSta
     decay = settings.ema_decay
     ema = keep(jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new_params), ema)
   metrics["skipped"] = skip.astype(jnp.int32)
-  new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                            opt_state=keep(new_opt_state, state.opt_state), ema_params=ema,
+  new_state = state.replace(step=state.step + 1,
+                            params=keep(new_params, state.params),
+                            opt_state=keep(new_opt_state, state.opt_state),
+                            ema_params=ema,
                             skipped_steps=state.skipped_steps + skip.astype(jnp.int32))
   return new_state, metrics
 
 
-def train_step(state: TrainState, batch: dict[str, Array], *, modules: StepModules,
-               settings: StepSettings, drop_first_frame: bool = False,
+def train_step(state: TrainState,
+               batch: dict[str, Array],
+               *,
+               modules: StepModules,
+               settings: StepSettings,
+               drop_first_frame: bool = False,
                latents_given: bool = False) -> tuple[TrainState, dict[str, Array]]:
   """One optimizer step on a global batch. `latents_given`: batch["video"] already holds the
   autoencoder's latents (encoded just before the step, `Trainer.encode_batch`)."""
@@ -307,7 +318,9 @@ def train_step(state: TrainState, batch: dict[str, Array], *, modules: StepModul
 class Trainer:
   """Static pieces of training (modules, optimizer, shardings) and the compiled step."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+  def __init__(self,
+               config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh,
                exp: experiment.Experiment | None = None):
     """`exp`: the config's `Experiment` when the caller has built it (the train loop)."""
     self.config = config
@@ -323,13 +336,12 @@ class Trainer:
     null = self.experiment.null_text_embedding  # the empty prompt's embedding, for pre-encoded text
     null_text_embedding = None if null is None else jnp.asarray(null)
     self.rules = self.experiment.mesh.rules
-    self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder,
-                               self.optimizer, mesh, null_text_embedding, self.rules)
+    self.modules = StepModules(self.model_config, self.model, self.text_encoder, self.autoencoder, self.optimizer, mesh,
+                               null_text_embedding, self.rules)
     boxed = jax.eval_shape(self._boxed_state, jax.random.PRNGKey(0))
     self.state_shardings = sharding.logical_shardings(boxed, mesh, self.rules)
     self.abstract_state = jax.tree_util.tree_map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), nn.unbox(boxed),
-        self.state_shardings)
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), nn.unbox(boxed), self.state_shardings)
     self._compiled_steps: dict[bool, Any] = {}
     # An autoencoder that runs its own compiled steps (the WAN VAE, `jit_inside`) encodes each
     # batch just before the train step: traced inside it, its weights (GBs for WAN 2.2) would
@@ -352,8 +364,10 @@ class Trainer:
   def _boxed_state(self, rng):
     init_rng, state_rng = jax.random.split(rng)
     params = self._boxed_params(init_rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params), rng=state_rng,
+    return TrainState(step=jnp.zeros((), jnp.int32),
+                      params=params,
+                      opt_state=self.optimizer.init(params),
+                      rng=state_rng,
                       skipped_steps=jnp.zeros((), jnp.int32),
                       ema_params=params if self.settings.ema_decay > 0 else None)
 
@@ -391,12 +405,16 @@ class Trainer:
   def compiled_step(self, drop_first_frame: bool):
     """The jitted step (state donated), with the state's and the batch's shardings."""
     if drop_first_frame not in self._compiled_steps:
-      self._compiled_steps[drop_first_frame] = jax.jit(
-          functools.partial(train_step, modules=self.modules, settings=self.settings,
-                            drop_first_frame=drop_first_frame, latents_given=self.encodes_before_step),
-          in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
-          out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-          donate_argnums=(0,))
+      self._compiled_steps[drop_first_frame] = jax.jit(functools.partial(train_step,
+                                                                         modules=self.modules,
+                                                                         settings=self.settings,
+                                                                         drop_first_frame=drop_first_frame,
+                                                                         latents_given=self.encodes_before_step),
+                                                       in_shardings=(self.state_shardings,
+                                                                     sharding.batch_sharding(self.mesh)),
+                                                       out_shardings=(self.state_shardings,
+                                                                      sharding.replicated(self.mesh)),
+                                                       donate_argnums=(0,))
     return self._compiled_steps[drop_first_frame]
 
   def step(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):
@@ -407,12 +425,14 @@ class Trainer:
   def gradients(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):
     """(gradients, statistics) of the step's objectives at `state` on `batch`, unclipped (with
     the state's shardings): what `train_step` applies; for tests and diagnostics."""
+
     def grads_of(state, batch):
       x_noisy, conditions = prepare_inputs(self.modules, self.settings, state, batch, drop_first_frame,
                                            self.encodes_before_step)
       return accumulated_gradients(self.modules, self.settings, state.params, x_noisy, conditions)
+
     if self.encodes_before_step:
       batch = self.encode_batch(state, batch)
-    return jax.jit(grads_of, in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+    return jax.jit(grads_of,
+                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
                    out_shardings=(self.state_shardings.params, sharding.replicated(self.mesh)))(state, batch)
-

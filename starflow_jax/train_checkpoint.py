@@ -73,19 +73,19 @@ class TrainCheckpointer:
 
   def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
     self.directory = checkpoint_directory(workdir)
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, every_steps), max_to_keep=keep,
-        enable_async_checkpointing=async_save, create=True)
+    options = ocp.CheckpointManagerOptions(save_interval_steps=max(1, every_steps),
+                                           max_to_keep=keep,
+                                           enable_async_checkpointing=async_save,
+                                           create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, iterator, config: ml_collections.ConfigDict, force: bool = False) -> bool:
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data_iter=grain.checkpoint.CheckpointSave(iterator),
-        config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data_iter=grain.checkpoint.CheckpointSave(iterator),
+                              config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())))
     return self.manager.save(step, args=args, force=force)
 
   def check_compatible(self, step: int, config: ml_collections.ConfigDict) -> None:
@@ -95,10 +95,9 @@ class TrainCheckpointer:
     if saved.get("model") != ours.get("model"):
       diff = sorted(k for k in set(saved.get("model", {})) | set(ours["model"])
                     if saved.get("model", {}).get(k) != ours["model"].get(k))
-      raise UserError(
-          f"the checkpoint at step {step} in {self.directory} was written for a different model "
-          f"(fields {diff} differ). Use a new --workdir for a new architecture, or restore the "
-          "original config; the existing checkpoints are left untouched.")
+      raise UserError(f"the checkpoint at step {step} in {self.directory} was written for a different model "
+                      f"(fields {diff} differ). Use a new --workdir for a new architecture, or restore the "
+                      "original config; the existing checkpoints are left untouched.")
 
   def read_config(self, step: int) -> dict:
     try:
@@ -126,10 +125,9 @@ class TrainCheckpointer:
     except UserError:
       raise
     except Exception as e:
-      raise UserError(
-          f"cannot restore checkpoint step {step} from {self.directory} ({type(e).__name__}: {e}). "
-          "It is damaged or does not match this config. Nothing was overwritten: move the step "
-          "directory away to resume from an earlier checkpoint, or use a new --workdir.") from e
+      raise UserError(f"cannot restore checkpoint step {step} from {self.directory} ({type(e).__name__}: {e}). "
+                      "It is damaged or does not match this config. Nothing was overwritten: move the step "
+                      "directory away to resume from an earlier checkpoint, or use a new --workdir.") from e
     return restored["state"]
 
   def wait(self) -> None:
@@ -140,13 +138,23 @@ class TrainCheckpointer:
     self.manager.close()
 
 
-def export_model(workdir: fileio.PathLike, params, model_config: ModelConfig, text_config=None,
-                 autoencoder_config=None, sampling_defaults: dict | None = None,
-                 name: str = "model", null_condition=None) -> str:
+def export_model(workdir: fileio.PathLike,
+                 params,
+                 model_config: ModelConfig,
+                 text_config=None,
+                 autoencoder_config=None,
+                 sampling_defaults: dict | None = None,
+                 name: str = "model",
+                 null_condition=None) -> str:
   """Writes trained parameters {'model', 'text'} as a model directory (what the sampler and
   converter read). Collective in a multi-host run: the parameters stay sharded as trained and
   each process writes its own shards."""
-  return model_checkpoint.save_model(
-      fileio.as_path(workdir) / name, model_config, params["model"], overwrite=True,
-      text_config=text_config, text_params=params.get("text"), autoencoder_config=autoencoder_config,
-      sampling_defaults=sampling_defaults, null_condition=null_condition)
+  return model_checkpoint.save_model(fileio.as_path(workdir) / name,
+                                     model_config,
+                                     params["model"],
+                                     overwrite=True,
+                                     text_config=text_config,
+                                     text_params=params.get("text"),
+                                     autoencoder_config=autoencoder_config,
+                                     sampling_defaults=sampling_defaults,
+                                     null_condition=null_condition)

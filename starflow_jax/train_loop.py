@@ -42,11 +42,13 @@ def build_train_data(exp: experiment.Experiment, mesh: jax.sharding.Mesh):
   data, loop = exp.data, exp.loop
   source = sources.build_source(data, "train")
   index, count = sharding.process_batch_block(mesh, loop.batch_size)
-  options = pipeline.PipelineOptions(
-      batch_size=loop.batch_size // count, seed=loop.seed, shard_index=index,
-      shard_count=count, worker_count=data.get("worker_count", 0),
-      read_threads=data.get("read_threads", 4),
-      prefetch_buffer_size=data.get("prefetch_buffer_size", 8))
+  options = pipeline.PipelineOptions(batch_size=loop.batch_size // count,
+                                     seed=loop.seed,
+                                     shard_index=index,
+                                     shard_count=count,
+                                     worker_count=data.get("worker_count", 0),
+                                     read_threads=data.get("read_threads", 4),
+                                     prefetch_buffer_size=data.get("prefetch_buffer_size", 8))
   tokenizer = exp.text.tokenizer if exp.text else None
   return pipeline.build_dataset(source, options, sources.element_transforms(data, tokenizer))
 
@@ -70,9 +72,12 @@ class _Sampler:
     params = self.trainer.final_params(state)  # the EMA when there is one: what is exported
     exp = self.trainer.experiment
     if self.sampler is None:
-      bundle = model_checkpoint.ModelBundle(
-          self.trainer.model_config, params["model"], self.trainer.text_config, params.get("text"),
-          exp.autoencoder, null_condition=self.trainer.null_condition)
+      bundle = model_checkpoint.ModelBundle(self.trainer.model_config,
+                                            params["model"],
+                                            self.trainer.text_config,
+                                            params.get("text"),
+                                            exp.autoencoder,
+                                            null_condition=self.trainer.null_condition)
       self.sampler = sampling.VideoSampler(bundle, exp.sampling, mesh=self.trainer.mesh)
     self.sampler.set_params(params["model"], params.get("text"))
     frames = exp.example_shape[0]
@@ -83,8 +88,7 @@ class _Sampler:
       videos = videos[:, None]
     if not distributed.is_primary():
       return None
-    path = media.save_grid_png(fileio.as_path(self.workdir) / "samples" / f"step_{step:07d}.png",
-                               videos, self.prompts)
+    path = media.save_grid_png(fileio.as_path(self.workdir) / "samples" / f"step_{step:07d}.png", videos, self.prompts)
     writer.write_images(step, {"samples": media.frame_grid(videos, self.prompts)})
     return path
 
@@ -109,8 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   init_bundle = _init_bundle(exp, trainer, workdir)  # read (and checked) before anything is written
   _write_config(workdir, config)
   iterator = iter(build_train_data(exp, mesh))
-  ckpt = TrainCheckpointer(workdir, exp.loop.checkpoint_every, exp.loop.checkpoint_keep,
-                           exp.loop.async_checkpoints)
+  ckpt = TrainCheckpointer(workdir, exp.loop.checkpoint_every, exp.loop.checkpoint_keep, exp.loop.async_checkpoints)
   state = _start_state(ckpt, trainer, iterator, config, init_bundle)
   writer = metrics_lib.MetricWriter(workdir)
   state = _train_steps(exp, trainer, state, iterator, ckpt, writer, workdir)
@@ -118,9 +121,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ckpt.save(exp.loop.num_steps, state, iterator, config, force=True)
   ckpt.close()
   writer.close()
-  model_dir = export_model(workdir, trainer.final_params(state), trainer.model_config,  # collective
-                           trainer.text_config, exp.autoencoder, exp.sampling_defaults(),
-                           null_condition=trainer.null_condition)
+  model_dir = export_model(
+      workdir,
+      trainer.final_params(state),
+      trainer.model_config,  # collective
+      trainer.text_config,
+      exp.autoencoder,
+      exp.sampling_defaults(),
+      null_condition=trainer.null_condition)
   if distributed.is_primary():
     curve = metrics_lib.plot_loss_curve(workdir)
     log.info("model exported to %s; loss curve %s", model_dir, curve)
@@ -153,19 +161,21 @@ def _start_state(ckpt: TrainCheckpointer, trainer: Trainer, iterator, config, in
   return state
 
 
-def _train_steps(exp: experiment.Experiment, trainer: Trainer, state: TrainState, iterator,
-                 ckpt: TrainCheckpointer, writer: metrics_lib.MetricWriter, workdir) -> TrainState:
+def _train_steps(exp: experiment.Experiment, trainer: Trainer, state: TrainState, iterator, ckpt: TrainCheckpointer,
+                 writer: metrics_lib.MetricWriter, workdir) -> TrainState:
   """Steps from the state's step to num_steps: logging, checkpoints and samples on schedule."""
   loop, mesh = exp.loop, trainer.mesh
   sampler = _Sampler(trainer, workdir) if loop.sample_every else None
   start_step = int(jax.device_get(state.step))
-  bar = tqdm.tqdm(total=loop.num_steps, initial=start_step, desc="train", unit="step",
+  bar = tqdm.tqdm(total=loop.num_steps,
+                  initial=start_step,
+                  desc="train",
+                  unit="step",
                   disable=not loop.progress or jax.process_index() != 0)
   throughput = _Throughput(start_step, exp.tokens_per_step())
   for step in range(start_step, loop.num_steps):
     host_batch = next(iterator)
-    batch = sharding.global_batch_from_host(
-        {k: v for k, v in host_batch.items() if k in MODEL_INPUT_KEYS}, mesh)
+    batch = sharding.global_batch_from_host({k: v for k, v in host_batch.items() if k in MODEL_INPUT_KEYS}, mesh)
     with jax.transfer_guard("disallow"):
       state, step_metrics = trainer.step(state, batch, exp.drop_first_frame_at(step))
     done = step + 1

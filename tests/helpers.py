@@ -27,18 +27,37 @@ def perturb(params, seed: int, std: float = 0.05):
 
 def tiny_video_config(**overrides) -> ModelConfig:
   """A 3-block text-conditioned video model small enough for brute-force Jacobians."""
-  values = dict(in_channels=2, img_size=4, patch_size=2, channels=64, num_blocks=3,
-                layers_per_block=(1, 1, 2), head_dim=32, top_block_channels=96, txt_size=3,
-                txt_dim=8, cond_top_only=True, temporal_causal=1, shallow_block_local=True,
-                soft_clip=4.0, learnable_self_denoiser=True, conditional_denoiser=True,
-                denoiser_window=2, denoiser_layers=2)
+  values = dict(in_channels=2,
+                img_size=4,
+                patch_size=2,
+                channels=64,
+                num_blocks=3,
+                layers_per_block=(1, 1, 2),
+                head_dim=32,
+                top_block_channels=96,
+                txt_size=3,
+                txt_dim=8,
+                cond_top_only=True,
+                temporal_causal=1,
+                shallow_block_local=True,
+                soft_clip=4.0,
+                learnable_self_denoiser=True,
+                conditional_denoiser=True,
+                denoiser_window=2,
+                denoiser_layers=2)
   values.update(overrides)
   return ModelConfig(**values).validate()
 
 
 def tiny_image_config(**overrides) -> ModelConfig:
-  values = dict(in_channels=3, img_size=4, patch_size=1, channels=64, num_blocks=3,
-                layers_per_block=(1, 1, 2), head_dim=32, soft_clip=4.0)
+  values = dict(in_channels=3,
+                img_size=4,
+                patch_size=1,
+                channels=64,
+                num_blocks=3,
+                layers_per_block=(1, 1, 2),
+                head_dim=32,
+                soft_clip=4.0)
   values.update(overrides)
   return ModelConfig(**values).validate()
 

@@ -28,8 +28,7 @@ from starflow_jax.train_checkpoint import TrainCheckpointer  # noqa: E402
 
 
 def flat(tree) -> dict[str, np.ndarray]:
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def restore(workdir: str, mesh_shape: str, out: str) -> None:
@@ -54,10 +53,15 @@ def shards(prefix: str) -> None:
   config.mesh.update(shape=(2, 2, 2))
   mesh = sharding.make_mesh(config.mesh.shape)
   iterator = iter(train_loop.build_train_data(experiment.Experiment.from_config(config), mesh))
-  batches = [[hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest() for v in next(iterator)["video"]]
+  batches = [[hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()
+              for v in next(iterator)["video"]]
              for _ in range(64 // 8)]
-  record = {"process": jax.process_index(), "count": jax.process_count(),
-            "block": sharding.process_batch_block(mesh, 8), "batches": batches}
+  record = {
+      "process": jax.process_index(),
+      "count": jax.process_count(),
+      "block": sharding.process_batch_block(mesh, 8),
+      "batches": batches
+  }
   fileio.write_json(f"{prefix}.{jax.process_index()}.json", record, overwrite=True)
 
 

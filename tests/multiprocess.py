@@ -25,17 +25,22 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(devices: int, num_processes: int = 1, process_id: int = 0, port: int | None = None,
+def process_env(devices: int,
+                num_processes: int = 1,
+                process_id: int = 0,
+                port: int | None = None,
                 extra: dict | None = None) -> dict:
   """The environment of one process: its CPU device count and, for several processes, its rank."""
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}", JAX_PLATFORMS="cpu",
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
+             JAX_PLATFORMS="cpu",
              PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
   for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(key, None)
   if num_processes > 1:
-    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(process_id))
   env.update(extra or {})
   return env
@@ -81,28 +86,29 @@ class Job:
     return out
 
 
-def start(args: Sequence[str], num_processes: int, devices_per_process: int,
-          extra_env: dict | None = None) -> Job:
+def start(args: Sequence[str], num_processes: int, devices_per_process: int, extra_env: dict | None = None) -> Job:
   """Starts `python args...` as processes 0..N-1 of one job (a single plain process for N = 1)."""
   port = free_port()
   procs, logs = [], []
   for i in range(num_processes):
     log = tempfile.TemporaryFile()
     env = process_env(devices_per_process, num_processes, i, port, extra_env)
-    procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT))
+    procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     logs.append(log)
   return Job(procs, logs)
 
 
-def run(args: Sequence[str], num_processes: int, devices_per_process: int, timeout: float = 600,
+def run(args: Sequence[str],
+        num_processes: int,
+        devices_per_process: int,
+        timeout: float = 600,
         extra_env: dict | None = None) -> Job:
   """Runs a job to the end; raises with every process's log tail if one fails."""
   job = start(args, num_processes, devices_per_process, extra_env)
   codes = job.wait(timeout)
   if any(codes):
-    tails = "\n".join(f"--- process {i} (exit {c}) ---\n{log[-3000:]}"
-                      for i, (c, log) in enumerate(zip(codes, job.logs)))
+    tails = "\n".join(
+        f"--- process {i} (exit {c}) ---\n{log[-3000:]}" for i, (c, log) in enumerate(zip(codes, job.logs)))
     raise AssertionError(f"{' '.join(args)} failed:\n{tails}")
   return job
 

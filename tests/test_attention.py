@@ -37,8 +37,10 @@ class BlockwiseAttentionTest(parameterized.TestCase):
     tiled = lambda q, k, v: attention.blockwise_attention(q, k, v, mask, *blocks)
     np.testing.assert_allclose(jax.jit(tiled)(q, k, v), dense(q, k, v), rtol=0, atol=2e-6)
     cotangent = jax.random.normal(jax.random.PRNGKey(7), q.shape)
-    grads = [jax.jit(jax.grad(lambda *x, f=f: jnp.sum(f(*x) * cotangent), argnums=(0, 1, 2)))(q, k, v)
-             for f in (tiled, dense)]
+    grads = [
+        jax.jit(jax.grad(lambda *x, f=f: jnp.sum(f(*x) * cotangent), argnums=(0, 1, 2)))(q, k, v)
+        for f in (tiled, dense)
+    ]
     for got, want, name in zip(*grads, "qkv"):
       np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()), err_msg=name)
 
@@ -46,7 +48,9 @@ class BlockwiseAttentionTest(parameterized.TestCase):
     q, k, v = _qkv(12, 29)
     mask = attention.CausalMask()
     np.testing.assert_allclose(attention.blockwise_attention(q, k, v, mask, 8, 8),
-                               layers.attend(q, k, v, mask.dense(12, 29)), rtol=0, atol=2e-6)
+                               layers.attend(q, k, v, mask.dense(12, 29)),
+                               rtol=0,
+                               atol=2e-6)
 
   def test_tiles_the_mask_leaves_empty_are_skipped(self):
     tiles = attention._nonempty_tiles(attention.CausalMask(), 64, 64, 16, 16)
@@ -56,10 +60,12 @@ class BlockwiseAttentionTest(parameterized.TestCase):
 
   def test_memory_grows_with_the_sequence_not_its_square(self):
     """XLA's compiled memory of the attention gradient: dense holds [H, L, L] logits, tiles do not."""
+
     def temporaries(fn, length):
       q, k, v = (jax.ShapeDtypeStruct((1, length, 4, 16), jnp.float32) for _ in range(3))
       grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2)))
       return grad.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
     mask = attention.CausalMask()
     dense = lambda q, k, v: layers.attend(q, k, v, mask.dense(q.shape[1], k.shape[1]))
     tiled = lambda q, k, v: attention.blockwise_attention(q, k, v, mask, 128, 128)
@@ -83,10 +89,12 @@ class ModelWithBlockwiseAttentionTest(absltest.TestCase):
       model = StarFlow(config)
       out = model.apply({"params": params}, x, cond)
       den = model.apply({"params": params}, x, cond, method=StarFlow.denoise)
-      return jnp.sum(out.z ** 2) - jnp.sum(jnp.stack([jnp.sum(l) for l in out.logdets])) + jnp.sum(den ** 2), (out, den)
+      return jnp.sum(out.z**2) - jnp.sum(jnp.stack([jnp.sum(l) for l in out.logdets])) + jnp.sum(den**2), (out, den)
 
-    results = [jax.jit(jax.value_and_grad(lambda p, c=c: loss(c, p), has_aux=True))(params)
-               for c in (tiled_config, dense_config)]
+    results = [
+        jax.jit(jax.value_and_grad(lambda p, c=c: loss(c, p), has_aux=True))(params)
+        for c in (tiled_config, dense_config)
+    ]
     (_, (out_t, den_t)), grads_t = results[0]
     (_, (out_d, den_d)), grads_d = results[1]
     np.testing.assert_allclose(out_t.z, out_d.z, rtol=0, atol=1e-5 * float(np.abs(out_d.z).max()))

@@ -50,15 +50,14 @@ class CausalVAETest(absltest.TestCase):
   def test_chunked_decoding_is_exact(self):
     directory = self.create_tempdir().full_path + "/vae"
     vae_checkpoint.save(directory, CONFIG, self.params)
-    autoencoder = build_autoencoder(AutoencoderConfig(kind="causal_vae", checkpoint=directory,
-                                                      scale=0.5, shift=0.1, decode_chunk=3))
+    autoencoder = build_autoencoder(
+        AutoencoderConfig(kind="causal_vae", checkpoint=directory, scale=0.5, shift=0.1, decode_chunk=3))
     latents = jax.random.normal(jax.random.PRNGKey(7), (1, 3 + DECODE_CONTEXT + 5, 2, 2, 4))
     chunked = autoencoder.decode(latents)
     full = self.decode(self.params, latents / 0.5 + 0.1)
     self.assertEqual(chunked.shape, full.shape)
     np.testing.assert_allclose(chunked, full, atol=1e-5)
-    np.testing.assert_allclose(autoencoder.encode(self.x), (self.encode(self.params, self.x) - 0.1) * 0.5,
-                               atol=1e-6)
+    np.testing.assert_allclose(autoencoder.encode(self.x), (self.encode(self.params, self.x) - 0.1) * 0.5, atol=1e-6)
     self.assertEqual(autoencoder.latent_frames(9), 3)
     with self.assertRaisesRegex(ValueError, "needs 1 \\+ 4k frames, got 8"):
       autoencoder.latent_frames(8)
@@ -81,8 +80,8 @@ class CausalVAETest(absltest.TestCase):
 
     @jax.jit
     def step(params, state, i):
-      (loss, m), grads = jax.value_and_grad(
-          lambda p: causal_vae.vae_loss(module, p, x, jax.random.PRNGKey(i)), has_aux=True)(params)
+      (loss, m), grads = jax.value_and_grad(lambda p: causal_vae.vae_loss(module, p, x, jax.random.PRNGKey(i)),
+                                            has_aux=True)(params)
       updates, state = optimizer.update(grads, state, params)
       return optax.apply_updates(params, updates), state, m["mse"]
 

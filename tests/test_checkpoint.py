@@ -16,8 +16,7 @@ class LatentTrainingTest(absltest.TestCase):
     tmp = self.create_tempdir().full_path
     config = tiny_video.get_config("micro")
     config.mesh.update(shape=(1, 1, 1))
-    preencode.preencode(config, os.path.join(tmp, "latents"), "train", num_examples=16, shard_size=8,
-                        progress=False)
+    preencode.preencode(config, os.path.join(tmp, "latents"), "train", num_examples=16, shard_size=8, progress=False)
     self.assertEqual(latents.read_metadata(os.path.join(tmp, "latents"))["splits"]["train"], 16)
     config.data.update(source="latents", latents_dir=os.path.join(tmp, "latents"))
     config.train.update(num_steps=4, warmup_steps=1)

@@ -30,12 +30,17 @@ class CommandTest(absltest.TestCase):
 
   def test_importing_every_command_registers_no_flags(self):
     # In a fresh process: a test in this one may have called a command's define_flags().
-    script = ("import importlib, json; from absl import flags\n"
-              f"names = {list(COMMANDS)!r}\n"
-              "modules = [importlib.import_module(n) for n in names]\n"
-              "print(json.dumps({'missing': [n for n, m in zip(names, modules) if not callable(getattr(m, 'define_flags', None))],"
-              " 'registered': [n for n in names if flags.FLAGS.flags_by_module_dict().get(n)]}))")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+    script = (
+        "import importlib, json; from absl import flags\n"
+        f"names = {list(COMMANDS)!r}\n"
+        "modules = [importlib.import_module(n) for n in names]\n"
+        "print(json.dumps({'missing': [n for n, m in zip(names, modules) if not callable(getattr(m, 'define_flags', None))],"
+        " 'registered': [n for n in names if flags.FLAGS.flags_by_module_dict().get(n)]}))")
+    proc = subprocess.run([sys.executable, "-c", script],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          timeout=300,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     self.assertEqual(proc.returncode, 0, proc.stderr)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -43,9 +48,15 @@ class CommandTest(absltest.TestCase):
 
   def test_every_command_parses_its_flags(self):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    procs = {name: subprocess.Popen([sys.executable, "-m", name, "--helpshort"], cwd=REPO, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name in COMMANDS}
+    procs = {
+        name:
+            subprocess.Popen([sys.executable, "-m", name, "--helpshort"],
+                             cwd=REPO,
+                             env=env,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT,
+                             text=True) for name in COMMANDS
+    }
     for name, proc in procs.items():
       output, _ = proc.communicate(timeout=300)
       # absl prints the usage and exits with status 1 after --helpshort.

@@ -15,8 +15,13 @@ from tests import helpers
 class ConfigTest(absltest.TestCase):
 
   def test_errors_name_the_field(self):
-    base = dict(in_channels=4, img_size=8, patch_size=2, channels=64, num_blocks=2,
-                layers_per_block=(1, 1), head_dim=32)
+    base = dict(in_channels=4,
+                img_size=8,
+                patch_size=2,
+                channels=64,
+                num_blocks=2,
+                layers_per_block=(1, 1),
+                head_dim=32)
     ModelConfig(**base).validate()
     cases = [
         (dict(patch_size=3), "img_size=8 is not divisible by patch_size=3"),
@@ -42,8 +47,7 @@ class ConfigTest(absltest.TestCase):
 
   def test_block_orders(self):
     config = helpers.tiny_video_config()
-    self.assertEqual([config.block_permutation(i) for i in range(3)],
-                     ["flip_in_frame", "identity", "flip_in_frame"])
+    self.assertEqual([config.block_permutation(i) for i in range(3)], ["flip_in_frame", "identity", "flip_in_frame"])
     image = helpers.tiny_image_config(seq_order="R2L")
     self.assertEqual([image.block_permutation(i) for i in range(3)], ["identity", "flip", "identity"])
 
@@ -56,7 +60,7 @@ class LikelihoodTest(absltest.TestCase):
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 3))
     out = model_lib.forward(config, params, x)
     nll = losses.nll_per_dim(out.z, out.logdets)
-    expected = np.mean(0.5 * np.asarray(x) ** 2 + 0.5 * math.log(2 * math.pi), axis=(1, 2, 3))
+    expected = np.mean(0.5 * np.asarray(x)**2 + 0.5 * math.log(2 * math.pi), axis=(1, 2, 3))
     np.testing.assert_allclose(nll, expected, rtol=1e-6)
     np.testing.assert_allclose(losses.total_nll(out.z, out.logdets), expected * 48, rtol=1e-6)
 
@@ -66,12 +70,13 @@ class LikelihoodTest(absltest.TestCase):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
     out = model_lib.forward(config, params, x)
     dims = 48
-    log_prior = -0.5 * jnp.sum(out.z.reshape(2, -1) ** 2, -1) - 0.5 * dims * math.log(2 * math.pi)
+    log_prior = -0.5 * jnp.sum(out.z.reshape(2, -1)**2, -1) - 0.5 * dims * math.log(2 * math.pi)
     log_det = sum(jnp.sum(ld.reshape(2, -1), -1) for ld in out.logdets)
     np.testing.assert_allclose(losses.total_nll(out.z, out.logdets), -(log_prior + log_det), rtol=1e-5)
     loss = losses.flow_loss(out.z, out.logdets)
     np.testing.assert_allclose(loss["loss"] + losses.HALF_LOG_2PI,
-                               jnp.mean(losses.nll_per_dim(out.z, out.logdets)), rtol=1e-6)
+                               jnp.mean(losses.nll_per_dim(out.z, out.logdets)),
+                               rtol=1e-6)
 
   def test_bits_per_dim(self):
     # A uniform density on [-1, 1]^d has nll = log(2) per dim -> exactly 8 bits for 8-bit data.

@@ -46,8 +46,8 @@ class ShapesTest(absltest.TestCase):
         np.testing.assert_array_equal(np.sign(step), np.array(DIRECTIONS[direction]))
         # Wherever this object is drawn and not covered by a later object, the pixel has its colour.
         for t in (0, 4, 7):
-          mine = shape_mask(["square", "circle", "triangle", "diamond"][clip["shape_ids"][o]],
-                            clip["positions"][o, t], clip["radii"][o], 32, 32)
+          mine = shape_mask(["square", "circle", "triangle", "diamond"][clip["shape_ids"][o]], clip["positions"][o, t],
+                            clip["radii"][o], 32, 32)
           for later in range(o + 1, k):
             mine &= ~shape_mask(["square", "circle", "triangle", "diamond"][clip["shape_ids"][later]],
                                 clip["positions"][later, t], clip["radii"][later], 32, 32)
@@ -72,8 +72,8 @@ class ShapesTest(absltest.TestCase):
 
   def test_bad_configs(self):
     for kw, msg in ((dict(max_objects=4), "max_objects"), (dict(shapes=("hexagon",)), "unknown shapes"),
-                    (dict(colors=("mauve",)), "unknown colours"), (dict(height=2), "at least 4x4"),
-                    (dict(num_examples=0), "num_examples")):
+                    (dict(colors=("mauve",)),
+                     "unknown colours"), (dict(height=2), "at least 4x4"), (dict(num_examples=0), "num_examples")):
       with self.assertRaisesRegex(ValueError, msg):
         MovingShapesSource(ShapesConfig(**kw))
     with self.assertRaises(IndexError):
@@ -131,7 +131,11 @@ class PipelineTest(absltest.TestCase):
     source = _source(num_examples=30)
     seen = []
     for index in range(4):
-      dataset = self._dataset(source, batch_size=1, shard_index=index, shard_count=4, num_epochs=1,
+      dataset = self._dataset(source,
+                              batch_size=1,
+                              shard_index=index,
+                              shard_count=4,
+                              num_epochs=1,
                               drop_remainder=False)
       seen.append([tuple(b["positions"][0, 0, 0].round(5)) for b in dataset])
     flat = sum(seen, [])
@@ -148,8 +152,10 @@ class PipelineTest(absltest.TestCase):
       self._dataset(_source(), shard_index=4, shard_count=4)
 
     class Empty:
+
       def __len__(self):
         return 0
+
     with self.assertRaisesRegex(ValueError, "is empty"):
       pipeline.build_dataset(Empty(), pipeline.PipelineOptions(batch_size=2))
     with self.assertRaisesRegex(ValueError, "neither 'video' nor 'image'"):
@@ -184,8 +190,8 @@ class TfdsTest(absltest.TestCase):
   def test_video_datasets_with_real_feature_specs(self):
     import tensorflow_datasets as tfds
     cases = (("moving_mnist", dict(split="test"), 1, "handwritten digits moving"),
-             ("bair_robot_pushing_small", {}, 3, "a robot arm pushing objects"),
-             ("ucf101/ucf101_1_256", {}, 3, "a video of "))
+             ("bair_robot_pushing_small", {}, 3, "a robot arm pushing objects"), ("ucf101/ucf101_1_256", {}, 3,
+                                                                                  "a video of "))
     for name, kw, channels, caption in cases:
       policy = tfds.testing.MockPolicy.USE_CODE if name.startswith("bair") else tfds.testing.MockPolicy.USE_FILES
       with tfds.testing.mock_data(num_examples=4, data_dir=TFDS_METADATA, policy=policy):
@@ -209,8 +215,13 @@ class TfdsTest(absltest.TestCase):
       self.assertIn(caption, str(batch["caption"][0]))
 
   def test_prepared_array_record_decodes_without_tensorflow(self):
-    data = self._config("moving_mnist", split="test", data_dir=TFDS_PREPARED, num_frames=4, stride=3,
-                        height=64, width=64)
+    data = self._config("moving_mnist",
+                        split="test",
+                        data_dir=TFDS_PREPARED,
+                        num_frames=4,
+                        stride=3,
+                        height=64,
+                        width=64)
     source, batch = self._first_batch(data, batch_size=3)
     self.assertLen(source, 3)
     self.assertEqual(batch["video"].shape, (3, 4, 64, 64, 1))
@@ -240,8 +251,7 @@ class LatentsTest(absltest.TestCase):
     from experiments.configs import tiny_video
     config = tiny_video.get_config("micro")
     out = self.create_tempdir().full_path
-    metadata = preencode.preencode(config, out, "train", num_examples=10, shard_size=4, batch_size=3,
-                                   progress=False)
+    metadata = preencode.preencode(config, out, "train", num_examples=10, shard_size=4, batch_size=3, progress=False)
     self.assertEqual(metadata["splits"]["train"], 10)
     self.assertLen(latents.shard_paths(out, "train"), 3)
     source = latents.LatentSource(out, "train")
@@ -280,8 +290,7 @@ class ShapesScoreTest(absltest.TestCase):
 
   def test_scores_real_recoloured_and_reversed_clips(self):
     from data_pipeline import shapes_score
-    config = ShapesConfig(num_frames=6, height=32, width=32, max_objects=1,
-                          colors=("red", "green", "blue", "yellow"))
+    config = ShapesConfig(num_frames=6, height=32, width=32, max_objects=1, colors=("red", "green", "blue", "yellow"))
     source = MovingShapesSource(config)
     examples = [source[i] for i in range(24)]
     videos = np.stack([e["video"] for e in examples])

@@ -27,8 +27,8 @@ class PiecesTest(absltest.TestCase):
     cls.grid = TokenGrid(3, 2, 2)  # 3 frames of N = 4 tokens
     cls.z = jax.random.normal(jax.random.PRNGKey(0), (2, 12, cls.config.token_dim))
     cls.cond = helpers.random_condition(cls.config, 2)
-    cls.sequential = staticmethod(jax.jit(lambda z, c, given: decoding.sequential_inverse(
-        cls.block, cls.params, z, cls.grid, c, 0.0, given)))
+    cls.sequential = staticmethod(
+        jax.jit(lambda z, c, given: decoding.sequential_inverse(cls.block, cls.params, z, cls.grid, c, 0.0, given)))
 
   def test_the_forward_of_the_inverse_is_the_noise(self):
     x = self.sequential(self.z, self.cond, None)
@@ -52,8 +52,8 @@ class PiecesTest(absltest.TestCase):
     def run(z, cond, options, per_frame):
       state, z_perm, first, cond_len = decoding.begin_block(block, params, z, grid, cond, 0.0, None)
       for start, size, count in jacobi.span_calls(first, z.shape[1], grid.tokens_per_frame, options, per_frame):
-        state, _ = jacobi.decode_span(block, params, state, z_perm, jnp.int32(start), size, count, grid,
-                                      cond_len, 0.0, options)
+        state, _ = jacobi.decode_span(block, params, state, z_perm, jnp.int32(start), size, count, grid, cond_len, 0.0,
+                                      options)
       return decoding.end_block(block, state, z.shape[0], grid)
 
     one = run(self.z, self.cond, None, False)
@@ -86,12 +86,18 @@ class PiecesTest(absltest.TestCase):
       return decoding.end_block(block, state, z.shape[0], grid)
 
     reference = next_frame(self.z, self.cond, False)
-    np.testing.assert_allclose(next_frame(self.z, self.cond, True), reference, rtol=0,
+    np.testing.assert_allclose(next_frame(self.z, self.cond, True),
+                               reference,
+                               rtol=0,
                                atol=4e-6 * float(np.abs(reference).max()))  # batched vs per-token K/V
 
   def test_start_holds_the_condition_prefix(self):
-    state = decoding.start_decoding(self.block, self.params, tokens.permute(self.z, self.block.order, 4),
-                                    self.grid, self.cond, guided=False)
+    state = decoding.start_decoding(self.block,
+                                    self.params,
+                                    tokens.permute(self.z, self.block.order, 4),
+                                    self.grid,
+                                    self.cond,
+                                    guided=False)
     cond_len = decoding.call_block(self.block, self.params, FlowBlock.cond_len, self.cond)
     self.assertEqual(cond_len, self.config.txt_size)
     self.assertEqual(state.buffer.shape, (2, 13, self.config.token_dim))  # [sos, z]

@@ -19,8 +19,7 @@ class MaskTest(parameterized.TestCase):
     """One layer: output frame n moves with input frame m iff n + A - 1 - G <= m <= n + A - 1
     (the mask). L layers compound it, n - L (G - A + 1) <= m <= n + L (A - 1), and from two layers
     on, frames 0 .. A - 1 also reach every frame through the text prefix (which attends to them)."""
-    config = helpers.tiny_video_config(temporal_causal=lookahead, denoiser_window=window,
-                                       denoiser_layers=layers)
+    config = helpers.tiny_video_config(temporal_causal=lookahead, denoiser_window=window, denoiser_layers=layers)
     params = helpers.random_params(config, std=0.1)
     frames = 6
     x = jax.random.normal(jax.random.PRNGKey(0), (1, frames, 4, 4, 2))
@@ -63,9 +62,11 @@ class TargetTest(absltest.TestCase):
 
     target = flow_score_target(jax.jit(jax.grad(mean_loss))(x), sigma)
     for b in range(3):
+
       def example_nll(xb):
         out = model_lib.StarFlow(config).apply({"params": params}, xb[None], cond[b:b + 1])
         return losses.total_nll(out.z, out.logdets)[0]
+
       expected = sigma * jax.jit(jax.grad(example_nll))(x[b])
       # float32 summation order differs between the batched and the single-example graph: allow
       # an error relative to the gradient's scale (entries reach ~50 here).
@@ -99,8 +100,10 @@ class InferenceTest(absltest.TestCase):
       return jnp.sum(losses.total_nll(out.z, out.logdets))
 
     expected = self.x - 0.25 * jax.jit(jax.grad(total_nll))(self.x)  # x + sigma^2 grad log p
-    np.testing.assert_allclose(self._sampler(denoise="score").denoise(self.x, self.cond), expected,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(self._sampler(denoise="score").denoise(self.x, self.cond),
+                               expected,
+                               rtol=1e-5,
+                               atol=1e-5)
 
   def test_windowed_denoising_of_long_videos(self):
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 4, 4, 4))

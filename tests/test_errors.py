@@ -26,8 +26,12 @@ def run_cases(module: str, cases: list[list[str]], tmp: str, extra_env: dict | N
   cases_path, out_path = os.path.join(tmp, f"{module}.cases.json"), os.path.join(tmp, f"{module}.out.json")
   with open(cases_path, "w") as f:
     json.dump(cases, f)
-  proc = subprocess.run([sys.executable, "-m", "tests.cli_cases", module, cases_path, out_path], cwd=REPO,
-                        env=process_env(1, extra=extra_env), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run([sys.executable, "-m", "tests.cli_cases", module, cases_path, out_path],
+                        cwd=REPO,
+                        env=process_env(1, extra=extra_env),
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out_path) as f:
     return json.load(f)
@@ -46,12 +50,23 @@ class UserErrorTest(absltest.TestCase):
     mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     trainer = Trainer(config, mesh)
     cls.model = os.path.join(tmp, "model_run")
-    export_model(cls.model, trainer.init_state(0).params, trainer.model_config, trainer.text_config,
-                 experiment.autoencoder_config(config), train_loop.sampling_defaults(config), name="model")
+    export_model(cls.model,
+                 trainer.init_state(0).params,
+                 trainer.model_config,
+                 trainer.text_config,
+                 experiment.autoencoder_config(config),
+                 train_loop.sampling_defaults(config),
+                 name="model")
     cls.model = os.path.join(cls.model, "model")
-    files = {"garbage.png": b"not a png", "garbage.gif": b"GIF89a broken", "notes.txt": b"hello",
-             "bad.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{broken", "bad.pth": b"PK\x03\x04 not a zip",
-             "bad.json": b"{not json", "a_file": b"x"}
+    files = {
+        "garbage.png": b"not a png",
+        "garbage.gif": b"GIF89a broken",
+        "notes.txt": b"hello",
+        "bad.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{broken",
+        "bad.pth": b"PK\x03\x04 not a zip",
+        "bad.json": b"{not json",
+        "a_file": b"x"
+    }
     for name, data in files.items():
       with open(os.path.join(tmp, name), "wb") as f:
         f.write(data)
@@ -118,12 +133,12 @@ class UserErrorTest(absltest.TestCase):
         ([m, "--prompt=a red circle", "--num_samples=0", out], "--num_samples=0 must be >= 1"),
         ([m, "--prompt=a red circle", "--mode=i2v", out], "--mode=i2v needs --input"),
         ([m, "--prompt=a", "--mode=i2v", "--input=/nonexistent.png", out], "/nonexistent.png does not exist"),
-        ([m, "--prompt=a", "--mode=i2v", f"--input={os.path.join(self.tmp, 'garbage.png')}", out],
-         "garbage.png cannot be read as png"),
-        ([m, "--prompt=a", "--mode=continue", f"--input={os.path.join(self.tmp, 'garbage.gif')}", out],
-         "garbage.gif cannot be read as gif"),
-        ([m, "--prompt=a", "--mode=i2v", f"--input={os.path.join(self.tmp, 'notes.txt')}", out],
-         "unknown file type '.txt'"),
+        ([m, "--prompt=a", "--mode=i2v", f"--input={os.path.join(self.tmp, 'garbage.png')}",
+          out], "garbage.png cannot be read as png"),
+        ([m, "--prompt=a", "--mode=continue", f"--input={os.path.join(self.tmp, 'garbage.gif')}",
+          out], "garbage.gif cannot be read as gif"),
+        ([m, "--prompt=a", "--mode=i2v", f"--input={os.path.join(self.tmp, 'notes.txt')}",
+          out], "unknown file type '.txt'"),
         ([m, out], "this model is conditioned: give --prompt"),
         ([m, long_prompt, out], r"tokens long but this model reads at most 16"),
         ([m, "--prompt=a", "--guidance=-1", out], "guidance=-1.0 must be >= 0"),
@@ -140,18 +155,25 @@ class UserErrorTest(absltest.TestCase):
     t = lambda name: os.path.join(self.tmp, name)
     imp = ["official-to-jax", "--config", t("official.json")]
     cases = [
-        (["official-to-jax", "--config", t("official.json"), "--out", t("x")], "required: --weights"),
+        (["official-to-jax", "--config", t("official.json"), "--out",
+          t("x")], "required: --weights"),
         (imp + ["--weights", t("missing.safetensors"), "--out", t("x")], "missing.safetensors does not exist"),
         (imp + ["--weights", t("bad.safetensors"), "--out", t("x")], "bad.safetensors is not a readable .safetensors"),
         (imp + ["--weights", t("bad.pth"), "--out", t("x")], r"bad.pth is not a zip-format|bad.pth is a damaged"),
         (imp + ["--weights", t("notes.txt"), "--out", t("x")], "unknown weights format"),
-        (["official-to-jax", "--config", t("partial.json"), "--weights", t("weights.safetensors"), "--out", t("x")],
-         r"lack \['channels', 'num_blocks'\]"),
-        (["official-to-jax", "--config", t("bad.json"), "--weights", t("weights.safetensors"), "--out", t("x")],
-         "is not valid JSON"),
+        (["official-to-jax", "--config",
+          t("partial.json"), "--weights",
+          t("weights.safetensors"), "--out",
+          t("x")], r"lack \['channels', 'num_blocks'\]"),
+        (["official-to-jax", "--config",
+          t("bad.json"), "--weights",
+          t("weights.safetensors"), "--out",
+          t("x")], "is not valid JSON"),
         (imp + ["--weights", t("weights.safetensors"), "--out", self.model], "already exists"),
-        (["jax-to-official", "--checkpoint", self.tmp, "--out", t("y.safetensors")], "is not a model directory"),
-        (["jax-to-official", "--checkpoint", self.model, "--out", t("y.bin")], "must end in .safetensors"),
+        (["jax-to-official", "--checkpoint", self.tmp, "--out",
+          t("y.safetensors")], "is not a model directory"),
+        (["jax-to-official", "--checkpoint", self.model, "--out",
+          t("y.bin")], "must end in .safetensors"),
     ]
     results = run_cases("starflow_jax.interop.convert", [argv for argv, _ in cases], self.tmp)
     self.assert_user_errors(results, [pattern for _, pattern in cases])

@@ -22,8 +22,8 @@ class GoldenParityTest(parameterized.TestCase):
     self.assertIsNotNone(match, text)
     self.assertEqual(match.group(1), match.group(2))
     self.assertNotIn("not recomputed", text)
-    for required in ("forward.z", "loss.loss", "sample.sequential", "roundtrip.x",
-                     "sample.jacobi_b4_th0.001", "sample.jacobi_b16_th1e-05"):
+    for required in ("forward.z", "loss.loss", "sample.sequential", "roundtrip.x", "sample.jacobi_b4_th0.001",
+                     "sample.jacobi_b16_th1e-05"):
       self.assertRegex(text, rf"{re.escape(required)}\s+max_abs_err")
     if name != "image":
       self.assertRegex(text, r"sample\.cfg2\s+max_abs_err")

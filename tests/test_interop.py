@@ -35,8 +35,10 @@ class ImportExportTest(absltest.TestCase):
       self.assertEqual(set(exported), set(original), name)
       for key in original:
         np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
-      self.assertEqual(golden.config.to_official_kwargs(),
-                       {**golden.config.to_official_kwargs(), **golden.meta["model_kwargs"]})
+      self.assertEqual(golden.config.to_official_kwargs(), {
+          **golden.config.to_official_kwargs(),
+          **golden.meta["model_kwargs"]
+      })
 
   def test_import_of_export_is_bitwise(self):
     config = helpers.tiny_video_config(denoiser_layers=8)
@@ -80,8 +82,11 @@ class ConvertCliTest(absltest.TestCase):
   def test_round_trip_through_the_cli(self):
     tmp = self.create_tempdir().full_path
     model_dir = os.path.join(tmp, "video_jax")
-    rc = convert.main(["official-to-jax", "--weights", os.path.join(VIDEO, "weights.safetensors"),
-                       "--config", os.path.join(VIDEO, "config.json"), "--out", model_dir])
+    rc = convert.main([
+        "official-to-jax", "--weights",
+        os.path.join(VIDEO, "weights.safetensors"), "--config",
+        os.path.join(VIDEO, "config.json"), "--out", model_dir
+    ])
     self.assertEqual(rc, 0)
     config, params = checkpoint.load_model(model_dir)
     self.assertEqual(config.top_block_channels, 96)
@@ -97,8 +102,9 @@ class ConvertCliTest(absltest.TestCase):
       self.assertEqual(kwargs[key], value, key)
     # A second conversion to the same place is refused and leaves the first one intact.
     before = sorted(os.listdir(model_dir))
-    rc = convert.main(["official-to-jax", "--weights", PTH, "--config", os.path.join(IMAGE, "config.json"),
-                       "--out", model_dir])
+    rc = convert.main(
+        ["official-to-jax", "--weights", PTH, "--config",
+         os.path.join(IMAGE, "config.json"), "--out", model_dir])
     self.assertEqual(rc, 2)
     self.assertEqual(sorted(os.listdir(model_dir)), before)
     checkpoint.load_model(model_dir)
@@ -110,8 +116,9 @@ class ConvertCliTest(absltest.TestCase):
     bad = os.path.join(tmp, "bad.safetensors")
     save_file(sd, bad)
     out = os.path.join(tmp, "out")
-    rc = convert.main(["official-to-jax", "--weights", bad, "--config", os.path.join(VIDEO, "config.json"),
-                       "--out", out])
+    rc = convert.main(
+        ["official-to-jax", "--weights", bad, "--config",
+         os.path.join(VIDEO, "config.json"), "--out", out])
     self.assertEqual(rc, 2)
     self.assertFalse(os.path.exists(out))
     self.assertEqual(sorted(os.listdir(tmp)), ["bad.safetensors"])

@@ -19,8 +19,8 @@ class ScheduleTest(absltest.TestCase):
     schedule = jacobi.block_schedule(0, 48, 16, JacobiOptions(block_size=4))
     self.assertEqual(schedule, [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4), (20, 16), (36, 12)])
     self.assertEqual(jacobi.group_runs(schedule), [(0, 4, 5), (20, 16, 1), (36, 12, 1)])
-    self.assertEqual(jacobi.group_runs(schedule, max_count=2), [(0, 4, 2), (8, 4, 2), (16, 4, 1),
-                                                                 (20, 16, 1), (36, 12, 1)])
+    self.assertEqual(jacobi.group_runs(schedule, max_count=2), [(0, 4, 2), (8, 4, 2), (16, 4, 1), (20, 16, 1),
+                                                                (36, 12, 1)])
 
   def test_bad_options(self):
     with self.assertRaisesRegex(ValueError, "block sizes must be positive"):
@@ -44,8 +44,15 @@ class EquivalenceTest(parameterized.TestCase):
     seq = inverse.sample_sequential(config, params, z, cond, guidance=guidance)
     b = 2  # tokens per frame N = 4: blocks of 2, then 8 (crossing frames)
     # The official video-aware start needs one more iteration than the block size (see jacobi.py).
-    run = functools.partial(inverse.sample_jacobi, config, params, z, cond, guidance=guidance,
-                            block_size=b, threshold=0.0, reference_compatible=reference)
+    run = functools.partial(inverse.sample_jacobi,
+                            config,
+                            params,
+                            z,
+                            cond,
+                            guidance=guidance,
+                            block_size=b,
+                            threshold=0.0,
+                            reference_compatible=reference)
     out = run(max_iter=4 * b + extra_iters)
     # The iteration has reached its fixed point: more iterations change nothing, bit for bit.
     np.testing.assert_array_equal(out, run(max_iter=4 * b + 8))
@@ -62,7 +69,11 @@ class EquivalenceTest(parameterized.TestCase):
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def run(options):
-      return jacobi.jacobi_inverse(block, model_lib.deep_params(params), z, grid, options=options,
+      return jacobi.jacobi_inverse(block,
+                                   model_lib.deep_params(params),
+                                   z,
+                                   grid,
+                                   options=options,
                                    return_iterations=True)
 
     exact, its = run(JacobiOptions(block_size=4, threshold=0.0, max_iter=4))
@@ -94,8 +105,15 @@ class ShardedJacobiTest(absltest.TestCase):
       iterations = []
 
       def block_inverse(block, block_params, z, grid, cond, guidance, given=None):
-        x, its = jacobi.jacobi_inverse(block, block_params, z, grid, cond, guidance, given,
-                                       options=options, return_iterations=True)
+        x, its = jacobi.jacobi_inverse(block,
+                                       block_params,
+                                       z,
+                                       grid,
+                                       cond,
+                                       guidance,
+                                       given,
+                                       options=options,
+                                       return_iterations=True)
         iterations.append(its)
         return x
 

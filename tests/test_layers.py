@@ -31,7 +31,8 @@ class NormTest(absltest.TestCase):
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 16)) * 5.0
     norm = layers.RMSNorm()
     y = norm.apply(norm.init(jax.random.PRNGKey(1), x), x)
-    np.testing.assert_allclose(y, x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + layers.RMS_NORM_EPS),
+    np.testing.assert_allclose(y,
+                               x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + layers.RMS_NORM_EPS),
                                rtol=1e-5)
 
   def test_layer_norm_has_pytorch_epsilon(self):
@@ -39,7 +40,7 @@ class NormTest(absltest.TestCase):
     norm = layers.make_norm("layer_norm", "n")
     y = norm.apply(norm.init(jax.random.PRNGKey(1), x), x)
     xc = np.asarray(x, np.float64) - np.mean(np.asarray(x, np.float64), -1, keepdims=True)
-    np.testing.assert_allclose(y, xc / np.sqrt(np.mean(xc ** 2, -1, keepdims=True) + 1e-5), atol=1e-4)
+    np.testing.assert_allclose(y, xc / np.sqrt(np.mean(xc**2, -1, keepdims=True) + 1e-5), atol=1e-4)
 
 
 class CachedAttentionTest(absltest.TestCase):

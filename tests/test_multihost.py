@@ -32,8 +32,10 @@ KEYS = ("loss", "loss_z", "loss_logdet", "denoiser_loss", "grad_norm")
 
 
 def train_args(workdir: str, processes: int, *extra: str) -> list[str]:
-  args = ["-m", "experiments.main", "--config=experiments/configs/tiny_video.py:micro",
-          f"--workdir={workdir}", "--config.mesh.shape=(2,2,2)", *extra]
+  args = [
+      "-m", "experiments.main", "--config=experiments/configs/tiny_video.py:micro", f"--workdir={workdir}",
+      "--config.mesh.shape=(2,2,2)", *extra
+  ]
   return args + (["--config.mesh.multihost=True"] if processes > 1 else [])
 
 
@@ -43,8 +45,7 @@ def committed_steps(workdir: str) -> list[int]:
 
 
 def flat_params(tree) -> dict[str, np.ndarray]:
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def micro_config() -> ml_collections.ConfigDict:
@@ -64,12 +65,15 @@ class MultiHostTest(absltest.TestCase):
     cls.a, cls.b, cls.c = (os.path.join(tmp, name) for name in ("a", "b", "c"))
     multiprocess.run(train_args(cls.a, 1), 1, 8, extra_env=cls.env)
     cls.b_job = multiprocess.run(train_args(cls.b, 2, f"--config.log.sample_every_steps={STEPS}",
-                                                    "--config.log.num_samples=2"), 2, 4,
+                                            "--config.log.num_samples=2"),
+                                 2,
+                                 4,
                                  extra_env=cls.env)
     killed = multiprocess.start(train_args(cls.c, 2), 2, 4, extra_env=cls.env)
     logged = lambda: max([r["step"] for r in metrics.read_metrics(cls.c)] or [0])
-    cls.killed_in_time = multiprocess.wait_until(
-        lambda: any(s >= 4 for s in committed_steps(cls.c)) and logged() >= 5, killed, timeout=300)
+    cls.killed_in_time = multiprocess.wait_until(lambda: any(s >= 4 for s in committed_steps(cls.c)) and logged() >= 5,
+                                                 killed,
+                                                 timeout=300)
     killed.kill(1)  # one host dies; the other then waits in a collective until it is killed too
     killed.kill()
     cls.steps_before_kill = logged()
@@ -107,7 +111,9 @@ class MultiHostTest(absltest.TestCase):
 
   def _restore(self, workdir: str, mesh: str, processes: int, devices: int) -> dict:
     out = os.path.join(self.create_tempdir().full_path, "restored.npz")
-    multiprocess.run(["-m", "tests.multihost_probe", "restore", workdir, mesh, out], processes, devices,
+    multiprocess.run(["-m", "tests.multihost_probe", "restore", workdir, mesh, out],
+                     processes,
+                     devices,
                      extra_env=self.env)
     with np.load(out) as data:
       return {k: data[k] for k in data.files}
@@ -136,9 +142,11 @@ class MultiHostTest(absltest.TestCase):
     config = micro_config()
     config.data.shapes.update(num_examples=64)
     config.train.update(batch_size=8)
-    iterator = iter(train_loop.build_train_data(experiment.Experiment.from_config(config), sharding.make_mesh((2, 2, 2))))
-    reference = [[hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest() for v in next(iterator)["video"]]
-                 for _ in range(8)]
+    iterator = iter(
+        train_loop.build_train_data(experiment.Experiment.from_config(config), sharding.make_mesh((2, 2, 2))))
+    reference = [
+        [hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest() for v in next(iterator)["video"]] for _ in range(8)
+    ]
     self.assertLen({h for batch in reference for h in batch}, 64)  # one epoch: every clip once
     for step, batch in enumerate(reference):  # host p holds rows [4p, 4p + 4) of global batch j
       self.assertEqual(hosts[0]["batches"][step] + hosts[1]["batches"][step], batch, f"step {step}")
@@ -148,8 +156,12 @@ class MultiHostTest(absltest.TestCase):
   def test_exported_model_samples_across_processes_and_writes_once(self):
     out = os.path.join(self.create_tempdir().full_path, "clip.gif")
     prompts = ["a red circle moving left", "a blue square moving up"]
-    job = multiprocess.run(["-m", "experiments.sample", f"--workdir={self.b}", "--multihost", "--arrays",
-                            f"--out={out}", "--seed=3", *(f"--prompt={p}" for p in prompts)], 2, 4,
+    job = multiprocess.run([
+        "-m", "experiments.sample", f"--workdir={self.b}", "--multihost", "--arrays", f"--out={out}", "--seed=3",
+        *(f"--prompt={p}" for p in prompts)
+    ],
+                           2,
+                           4,
                            extra_env=self.env)
     self.assertIn("wrote", job.logs[0])
     self.assertNotIn("wrote", job.logs[1])
@@ -166,11 +178,17 @@ class MultiHostTest(absltest.TestCase):
 
   def test_preencoding_on_two_processes_writes_the_one_process_latents(self):
     tmp = self.create_tempdir().full_path
-    args = lambda out: ["-m", "data_pipeline.preencode", "--config=experiments/configs/tiny_video.py:micro",
-                        f"--out_dir={out}", "--num_examples=20", "--shard_size=4", "--batch_size=3"]
+    args = lambda out: [
+        "-m", "data_pipeline.preencode", "--config=experiments/configs/tiny_video.py:micro", f"--out_dir={out}",
+        "--num_examples=20", "--shard_size=4", "--batch_size=3"
+    ]
     multiprocess.run(args(os.path.join(tmp, "two")) + ["--multihost"], 2, 2, extra_env=self.env)
-    preencode.preencode(tiny_video.get_config("micro"), os.path.join(tmp, "one"), num_examples=20,
-                        shard_size=4, batch_size=3, progress=False)  # this process alone
+    preencode.preencode(tiny_video.get_config("micro"),
+                        os.path.join(tmp, "one"),
+                        num_examples=20,
+                        shard_size=4,
+                        batch_size=3,
+                        progress=False)  # this process alone
     clips = []
     for name in ("one", "two"):
       source = latents.LatentSource(os.path.join(tmp, name))

@@ -71,20 +71,26 @@ class TrainedModelTest(absltest.TestCase):
 
   def test_text_to_video_and_long_video(self):
     out = os.path.join(self.tmp, "t2v.mp4")
-    run_cli([f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=3",
-             "--method=jacobi", "--guidance=2", f"--out={out}"])
+    run_cli([
+        f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=3", "--method=jacobi", "--guidance=2",
+        f"--out={out}"
+    ])
     self.assertEqual(self._frames(out.replace(".mp4", ".gif")).shape[0], 3)
     self.assertTrue(os.path.getsize(out) > 0)
     self.assertTrue(os.path.exists(out.replace(".mp4", ".png")))
     long_out = os.path.join(self.tmp, "long.gif")
-    run_cli([f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=18",
-             "--method=sequential", f"--out={long_out}"])  # 6x the 3-frame training clips
+    run_cli([
+        f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=18", "--method=sequential",
+        f"--out={long_out}"
+    ])  # 6x the 3-frame training clips
     self.assertEqual(self._frames(long_out).shape[0], 18)
 
   def test_image_to_video_continuation_and_v2v(self):
     out = os.path.join(self.tmp, "i2v.gif")
-    run_cli([f"--workdir={self.workdir}", "--mode=i2v", f"--input={self.image}", f"--prompt={self.prompt}",
-             "--num_frames=3", "--denoise=none", f"--out={out}"])
+    run_cli([
+        f"--workdir={self.workdir}", "--mode=i2v", f"--input={self.image}", f"--prompt={self.prompt}", "--num_frames=3",
+        "--denoise=none", f"--out={out}"
+    ])
     frames = self._frames(out)
     self.assertEqual(frames.shape[0], 3)
     # The given frame (red, noise sigma 0.1 added) survives as frame 0.
@@ -92,14 +98,18 @@ class TrainedModelTest(absltest.TestCase):
     self.assertLess(frames[0][..., 1].mean(), 80)
     for mode in ("continue", "v2v"):
       out = os.path.join(self.tmp, f"{mode}.gif")
-      run_cli([f"--workdir={self.workdir}", f"--mode={mode}", f"--input={self.clip}", f"--prompt={self.prompt}",
-               "--num_frames=6", f"--out={out}"])
+      run_cli([
+          f"--workdir={self.workdir}", f"--mode={mode}", f"--input={self.clip}", f"--prompt={self.prompt}",
+          "--num_frames=6", f"--out={out}"
+      ])
       self.assertEqual(self._frames(out).shape[0], 6)
 
   def test_bad_requests_name_the_problem(self):
     with self.assertRaisesRegex(ValueError, "only 2 are generated"):
-      run_cli([f"--workdir={self.workdir}", "--mode=continue", f"--input={self.clip}", f"--prompt={self.prompt}",
-               "--num_frames=2", f"--out={os.path.join(self.tmp, 'x.gif')}"])
+      run_cli([
+          f"--workdir={self.workdir}", "--mode=continue", f"--input={self.clip}", f"--prompt={self.prompt}",
+          "--num_frames=2", f"--out={os.path.join(self.tmp, 'x.gif')}"
+      ])
     with self.assertRaisesRegex(ValueError, "neither a model directory nor a training workdir"):
       run_cli([f"--workdir={self.tmp}", f"--prompt={self.prompt}"])
 
@@ -140,19 +150,22 @@ class SamplerTest(absltest.TestCase):
   def test_window_covering_the_video_changes_nothing(self):
     z = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 4))
     plain = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", progress=False))
-    windowed = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", window=3,
-                                                         progress=False))
-    np.testing.assert_array_equal(plain.sample_latents(z, self.cond, None),
-                                  windowed.sample_latents(z, self.cond, None))
+    windowed = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", window=3, progress=False))
+    np.testing.assert_array_equal(plain.sample_latents(z, self.cond, None), windowed.sample_latents(z, self.cond, None))
 
   def test_sliding_window_jacobi_matches_sequential_at_tau_zero(self):
     z = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 4, 4, 4))
     from starflow_jax.jacobi import JacobiOptions
-    seq = VideoSampler(self.bundle, SamplingOptions(method="sequential", denoise="none", window=3,
-                                                    context=2, progress=False))
-    jac = VideoSampler(self.bundle, SamplingOptions(
-        method="jacobi", jacobi=JacobiOptions(block_size=4, threshold=0.0, max_iter=17),
-        denoise="none", window=3, context=2, progress=False))
+    seq = VideoSampler(self.bundle,
+                       SamplingOptions(method="sequential", denoise="none", window=3, context=2, progress=False))
+    jac = VideoSampler(
+        self.bundle,
+        SamplingOptions(method="jacobi",
+                        jacobi=JacobiOptions(block_size=4, threshold=0.0, max_iter=17),
+                        denoise="none",
+                        window=3,
+                        context=2,
+                        progress=False))
     a, b = seq.sample_latents(z, self.cond, None), jac.sample_latents(z, self.cond, None)
     np.testing.assert_allclose(a, b, atol=4e-6 * float(jnp.abs(a).max()))
 
@@ -174,12 +187,12 @@ class OneInverseTest(absltest.TestCase):
   def _assert_sampler_equals_invert(self, bundle, cond, null, options: SamplingOptions, z, prefix=None):
     sampler = VideoSampler(bundle, dataclasses.replace(options, denoise="none", progress=False))
     block_inverse = inverse.block_inverse_for(sampler.jacobi_options)
-    invert = jax.jit(lambda p, z, c, n, x: inverse.invert(bundle.config, p, z, c, guidance=options.guidance,
-                                                          null_cond=n, block_inverse=block_inverse, prefix=x))
+    invert = jax.jit(lambda p, z, c, n, x: inverse.invert(
+        bundle.config, p, z, c, guidance=options.guidance, null_cond=n, block_inverse=block_inverse, prefix=x))
     want = invert(bundle.params, z, cond, null, prefix)
     got = sampler.sample_latents(z, cond, null, prefix)
-    pipelined = bundle.config.shallow_block_local and not (
-        sampler.jacobi_options is not None and sampler.jacobi_options.reference_compatible)
+    pipelined = bundle.config.shallow_block_local and not (sampler.jacobi_options is not None and
+                                                           sampler.jacobi_options.reference_compatible)
     if pipelined:
       np.testing.assert_allclose(got, want, rtol=0, atol=4e-6 * float(jnp.abs(want).max()))
     else:
@@ -189,13 +202,18 @@ class OneInverseTest(absltest.TestCase):
   def test_golden_video_model(self):
     jacobi_ours = JacobiOptions(block_size=4, threshold=0.0, max_iter=16)  # pipelined shallow blocks
     jacobi_official = JacobiOptions(block_size=4, reference_compatible=True)  # whole-clip shallow blocks
-    for options, with_prefix in ((SamplingOptions(method="sequential", guidance=1.5), True),  # T2V, CFG, I2V
-                                 (SamplingOptions(method="jacobi", guidance=1.5, jacobi=jacobi_ours), False),
-                                 (SamplingOptions(method="jacobi", guidance=1.5, jacobi=jacobi_official), False)):
+    for options, with_prefix in (
+        (SamplingOptions(method="sequential", guidance=1.5), True),  # T2V, CFG, I2V
+        (SamplingOptions(method="jacobi", guidance=1.5, jacobi=jacobi_ours), False),
+        (SamplingOptions(method="jacobi", guidance=1.5, jacobi=jacobi_official), False)):
       with self.subTest(method=options.method, jacobi=options.jacobi):
         full = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null, options, self.z)
         if with_prefix:  # image-to-video: the first frame given
-          continued = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null, options, self.z,
+          continued = self._assert_sampler_equals_invert(self.bundle,
+                                                         self.cond,
+                                                         self.null,
+                                                         options,
+                                                         self.z,
                                                          prefix=full[:, :1])
           np.testing.assert_array_equal(continued[:, :1], full[:, :1])
 
@@ -208,8 +226,7 @@ class OneInverseTest(absltest.TestCase):
     bundle = checkpoint.load_bundle(directory)
     np.testing.assert_array_equal(bundle.null_condition, null)
     self.assertIsNone(checkpoint.load_bundle(self._plain_directory()).null_condition)
-    sampler = VideoSampler(bundle, SamplingOptions(method="sequential", guidance=1.5, denoise="none",
-                                                   progress=False))
+    sampler = VideoSampler(bundle, SamplingOptions(method="sequential", guidance=1.5, denoise="none", progress=False))
     explicit = jnp.broadcast_to(null, self.cond.shape)
     np.testing.assert_array_equal(sampler.sample_latents(self.z, self.cond, None),
                                   sampler.sample_latents(self.z, self.cond, explicit))
@@ -239,8 +256,8 @@ class OneInverseTest(absltest.TestCase):
       h = decoding.sequential_inverse(model_lib.deep_block(config), model_lib.deep_params(params),
                                       z_tok.reshape(b, t * n, d), grid, both, 2.0)
       for i in reversed(range(config.num_blocks - 1)):
-        h = decoding.sequential_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i),
-                                        h, grid, both, 2.0)
+        h = decoding.sequential_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h,
+                                        grid, both, 2.0)
       return tokens.unpatchify(h.reshape(b, t, n, d), grid, config.patch_size)
 
     np.testing.assert_array_equal(got, official_rule(params, z, cond, null))
@@ -250,9 +267,14 @@ class OneInverseTest(absltest.TestCase):
     def guide_deep_block_only(block, params, z, grid, cond, guidance, given=None):
       if block == deep:
         return decoding.sequential_inverse(block, params, z, grid, cond, guidance, given)
-      return decoding.sequential_inverse(block, params, z, grid, cond[: z.shape[0]], 0.0, given)
+      return decoding.sequential_inverse(block, params, z, grid, cond[:z.shape[0]], 0.0, given)
 
-    unguided = inverse.invert(config, params, z, cond, guidance=2.0, null_cond=null,
+    unguided = inverse.invert(config,
+                              params,
+                              z,
+                              cond,
+                              guidance=2.0,
+                              null_cond=null,
                               block_inverse=guide_deep_block_only)
     self.assertGreater(float(jnp.abs(unguided - got).max()), 1e-3)
 
@@ -261,8 +283,15 @@ class OptionsFromDefaultsTest(absltest.TestCase):
 
   def test_model_defaults_with_overrides_on_top(self):
     from starflow_jax.sampling import options_from_defaults
-    defaults = {"method": "sequential", "guidance": 3.0, "jacobi_block_size": 16, "jacobi_threshold": 1e-4,
-                "noise_std": 0.3, "num_frames": 9, "latent_frames": 3}
+    defaults = {
+        "method": "sequential",
+        "guidance": 3.0,
+        "jacobi_block_size": 16,
+        "jacobi_threshold": 1e-4,
+        "noise_std": 0.3,
+        "num_frames": 9,
+        "latent_frames": 3
+    }
     options = options_from_defaults(defaults, guidance=None, jacobi_max_iter=7, context=2, progress=False)
     self.assertEqual((options.method, options.guidance, options.noise_std), ("sequential", 3.0, 0.3))
     self.assertEqual((options.jacobi.block_size, options.jacobi.threshold, options.jacobi.max_iter), (16, 1e-4, 7))
@@ -277,8 +306,13 @@ class OptionsFromDefaultsTest(absltest.TestCase):
     from starflow_jax import experiment
     from starflow_jax.sampling import options_from_defaults
     config = tiny_video.get_config("micro")
-    config.sample.update(method="jacobi", guidance=2.5, denoise="learned", denoise_step=0.3,
-                         jacobi_block_size=8, jacobi_threshold=2e-3, jacobi_max_iter=9)
+    config.sample.update(method="jacobi",
+                         guidance=2.5,
+                         denoise="learned",
+                         denoise_step=0.3,
+                         jacobi_block_size=8,
+                         jacobi_threshold=2e-3,
+                         jacobi_max_iter=9)
     exp = experiment.Experiment.from_config(config)
     defaults = exp.sampling_defaults()
     self.assertEqual((defaults["num_frames"], defaults["latent_frames"]), (3, 3))

@@ -65,8 +65,10 @@ class SevenBShardingTest(parameterized.TestCase):
     model = trainer.model_config
     spec = sharding.batch_sharding(mesh)
     frames, side = 2, 4  # the constraints do not depend on the clip size
-    batch = {"video": jax.ShapeDtypeStruct((8, frames, side, side, model.in_channels), jnp.float32, sharding=spec),
-             "text_embeddings": jax.ShapeDtypeStruct((8, model.txt_size, model.txt_dim), jnp.float32, sharding=spec)}
+    batch = {
+        "video": jax.ShapeDtypeStruct((8, frames, side, side, model.in_channels), jnp.float32, sharding=spec),
+        "text_embeddings": jax.ShapeDtypeStruct((8, model.txt_size, model.txt_dim), jnp.float32, sharding=spec)
+    }
     text = trainer.compiled_step(False).lower(trainer.abstract_state, batch).as_text()
     constraints = re.findall(r"sdy.sharding_constraint %\S+ <@mesh, \[(.*?)\]> : tensor<([0-9x]+)x", text)
     self.assertNotEmpty(constraints)

@@ -24,6 +24,7 @@ BUCKET = "gs://bucket"
 @contextlib.contextmanager
 def fake_bucket(root: str):
   """gs://bucket/X is root/X for every epath operation; URLs reaching os.* or open fail."""
+
   def local(path):
     path = os.fspath(path)
     return os.path.join(root, path[len(BUCKET) + 1:]) if path.startswith(BUCKET) else path
@@ -33,17 +34,22 @@ def fake_bucket(root: str):
 
   one = lambda fn, path, *a, **kw: fn(local(path), *a, **kw)
   two = lambda fn, path, dst, *a, **kw: fn(local(path), local(dst), *a, **kw)
-  mocks = {name: one for name in ("exists", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
-                                  "rmtree", "stat")}
-  mocks.update(rename=two, replace=two, copy=two,
+  mocks = {
+      name: one for name in ("exists", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat")
+  }
+  mocks.update(rename=two,
+               replace=two,
+               copy=two,
                glob=lambda fn, pattern: [remote(p) for p in fn(local(pattern))],
                walk=lambda fn, top, **kw: ((remote(d), ds, fs) for d, ds, fs in fn(local(top), **kw)))
 
   def guard(fn):
+
     def guarded(path, *args, **kwargs):
       if "gs:" in os.fspath(path) if isinstance(path, (str, os.PathLike)) else False:
         raise AssertionError(f"a URL reached {fn.__module__}.{fn.__name__}: {path}")
       return fn(path, *args, **kwargs)
+
     return guarded
 
   with contextlib.ExitStack() as stack:
@@ -117,7 +123,8 @@ class RemotePathTest(absltest.TestCase):
     os.makedirs(directory)
     with open(os.path.join(directory, latents.METADATA), "w") as f:
       json.dump({"splits": {"train": 2}, "video_shape": [1, 8, 8, 3]}, f)
-    for name in ("train-00000-of-00002.array_record", "train-00001-of-00002.array_record", "eval-00000-of-00001.array_record"):
+    for name in ("train-00000-of-00002.array_record", "train-00001-of-00002.array_record",
+                 "eval-00000-of-00001.array_record"):
       open(os.path.join(directory, name), "wb").close()
     np.save(os.path.join(directory, latents.NULL_EMBEDDING), np.ones((3, 4), np.float32))
     self.assertEqual(latents.read_metadata(f"{BUCKET}/latents")["splits"], {"train": 2})

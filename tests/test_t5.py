@@ -18,9 +18,16 @@ except ImportError:  # the optional extra is not installed
 
 def _tiny_checkpoint(directory, feed_forward_proj, seed=0, full_model=False):
   torch.manual_seed(seed)
-  config = transformers.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4,
-                                 feed_forward_proj=feed_forward_proj, relative_attention_num_buckets=8,
-                                 relative_attention_max_distance=20, dropout_rate=0.0)
+  config = transformers.T5Config(vocab_size=96,
+                                 d_model=32,
+                                 d_kv=8,
+                                 d_ff=48,
+                                 num_layers=3,
+                                 num_heads=4,
+                                 feed_forward_proj=feed_forward_proj,
+                                 relative_attention_num_buckets=8,
+                                 relative_attention_max_distance=20,
+                                 dropout_rate=0.0)
   cls = transformers.T5ForConditionalGeneration if full_model else transformers.T5EncoderModel
   model = cls(config).eval()
   with torch.no_grad():  # non-trivial norms (HF initialises them to 1)
@@ -47,7 +54,8 @@ class T5ParityTest(parameterized.TestCase):
     ids[~mask] = 0
     with torch.no_grad():
       encoder = model.encoder if full_model else model
-      ref = encoder(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state.numpy()
+      ref = encoder(input_ids=torch.from_numpy(ids),
+                    attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state.numpy()
     ours = t5.T5Encoder(config).apply({"params": params}, ids.astype(np.int32), mask)
     np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=1e-4)
 
@@ -78,9 +86,15 @@ class T5TokenizerTest(absltest.TestCase):
     with open(corpus, "w") as f:
       for i in range(200):
         f.write(f"a red circle moving left number {i} and a blue square moving down\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=corpus, model_prefix=os.path.join(directory, "spiece"), vocab_size=40,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(input=corpus,
+                                             model_prefix=os.path.join(directory, "spiece"),
+                                             vocab_size=40,
+                                             pad_id=0,
+                                             eos_id=1,
+                                             unk_id=2,
+                                             bos_id=-1,
+                                             model_type="unigram",
+                                             minloglevel=2)
     ours = t5.T5Tokenizer(directory, max_length=12)
     ref = transformers.T5Tokenizer.from_pretrained(directory, extra_ids=0)
     texts = ["a red circle moving left", "", "a blue square moving down and a red circle moving left 17"]
@@ -111,9 +125,14 @@ class T5PipelineTest(absltest.TestCase):
     with open(os.path.join(tmp, "corpus.txt"), "w") as f:
       for i in range(100):
         f.write("a red green blue yellow circle square triangle moving left right up down\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=os.path.join(tmp, "corpus.txt"), model_prefix=os.path.join(t5_dir, "spiece"), vocab_size=28,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(input=os.path.join(tmp, "corpus.txt"),
+                                             model_prefix=os.path.join(t5_dir, "spiece"),
+                                             vocab_size=28,
+                                             pad_id=0,
+                                             eos_id=1,
+                                             unk_id=2,
+                                             bos_id=-1,
+                                             minloglevel=2)
     config = tiny_video.get_config("micro")
     config.mesh.update(shape=(1, 1, 1))
     config.model.update(txt_dim=32)  # the tiny T5's d_model
@@ -130,7 +149,8 @@ class T5PipelineTest(absltest.TestCase):
     bundle = checkpoint.load_bundle(os.path.join(tmp, "run", "model"))
     self.assertIsNone(bundle.text_config)
     np.testing.assert_array_equal(bundle.null_condition, latents.null_text_embedding(lat))  # trained against it
-    sampler = VideoSampler(bundle, SamplingOptions(progress=False, method="sequential", guidance=2.0),
+    sampler = VideoSampler(bundle,
+                           SamplingOptions(progress=False, method="sequential", guidance=2.0),
                            text_encoder=t5.T5TextEncoder(t5_dir, config.model.txt_size))
     video = sampler.generate(["a red circle moving left"], 3)
     self.assertEqual(video.shape, (1, 3, 8, 8, 3))

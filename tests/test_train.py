@@ -14,8 +14,7 @@ from starflow_jax.train import Trainer
 def tiny_config(**train) -> ml_collections.ConfigDict:
   c = tiny_video.get_config("smoke")
   c.data.shapes.update(num_frames=3, height=8, width=8)
-  c.model.update(img_size=8, channels=32, top_block_channels=32, layers_per_block=(1, 1, 1),
-                 denoiser_layers=1)
+  c.model.update(img_size=8, channels=32, top_block_channels=32, layers_per_block=(1, 1, 1), denoiser_layers=1)
   c.text.update(width=32, num_layers=1)
   c.train.update(batch_size=8, **train)
   return c
@@ -54,8 +53,8 @@ class ValidationTest(absltest.TestCase):
 
   def test_all_configs_build(self):
     from experiments.configs import starflow_3b_t2i_256, starflow_v_7b_t2v_480p, tiny_image
-    for module, arg in ((tiny_video, ""), (tiny_image, "shapes"), (starflow_3b_t2i_256, ""),
-                        (starflow_v_7b_t2v_480p, "")):
+    for module, arg in ((tiny_video, ""), (tiny_image, "shapes"), (starflow_3b_t2i_256, ""), (starflow_v_7b_t2v_480p,
+                                                                                              "")):
       config = module.get_config(arg)
       experiment.model_config(config)
     seven_b = experiment.model_config(starflow_v_7b_t2v_480p.get_config())
@@ -100,14 +99,15 @@ class StepTest(absltest.TestCase):
     state = trainer.init_state(0)
     grads = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 0.01, p.dtype), state.params)
     stats = {k: jnp.float32(0.5) for k in ("loss", "loss_z", "loss_logdet", "denoiser_loss", "score_square")}
-    update = jax.jit(lambda state, grads, stats: train.guarded_update(trainer.modules, trainer.settings,
-                                                                      state, grads, stats))
-    scaled = lambda factor: jax.tree_util.tree_map(lambda g: g * factor / (1.0 + float(train._global_norm(grads))), grads)
+    update = jax.jit(
+        lambda state, grads, stats: train.guarded_update(trainer.modules, trainer.settings, state, grads, stats))
+    scaled = lambda factor: jax.tree_util.tree_map(lambda g: g * factor /
+                                                   (1.0 + float(train._global_norm(grads))), grads)
     poisoned = jax.tree_util.tree_map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan) if g.size else g, scaled(0.5))
     before = jax.device_get(state)
-    for name, g, st in (("non-finite gradient", poisoned, stats),
-                        ("non-finite loss", scaled(0.5), {**stats, "loss": jnp.float32(jnp.nan)}),
-                        ("above the clip", scaled(1e3), stats)):
+    for name, g, st in (("non-finite gradient", poisoned, stats), ("non-finite loss", scaled(0.5), {
+        **stats, "loss": jnp.float32(jnp.nan)
+    }), ("above the clip", scaled(1e3), stats)):
       new_state, metrics = update(state, g, st)
       self.assertEqual(int(metrics["skipped"]), 1, name)
       self.assertEqual((int(new_state.step), int(new_state.skipped_steps)), (1, 1), name)
@@ -116,8 +116,10 @@ class StepTest(absltest.TestCase):
                                getattr(before, field))
     new_state, metrics = update(state, scaled(0.5), stats)  # under the clip: applied
     self.assertEqual(int(metrics["skipped"]), 0)
-    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(new_state.params)),
-                                                         jax.tree_util.tree_leaves(before.params))]
+    changed = [
+        not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(new_state.params)),
+                                                 jax.tree_util.tree_leaves(before.params))
+    ]
     self.assertTrue(any(changed))
 
   def test_first_frame_drop_variant(self):
@@ -137,8 +139,7 @@ def assert_gradients_close(test, got, want, rtol: float):
   test.assertGreater(sum(float(np.abs(np.asarray(b)).max()) for _, b in wanted), 0.0)
   for (path, b), a in zip(wanted, jax.tree_util.tree_leaves(got)):
     a, b = np.asarray(a), np.asarray(b)
-    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * float(np.abs(b).max()),
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * float(np.abs(b).max()), err_msg=jax.tree_util.keystr(path))
 
 
 class LargeBatchTest(absltest.TestCase):
@@ -195,8 +196,10 @@ class LargeBatchTest(absltest.TestCase):
       expected = jax.tree_util.tree_map(lambda e, p: 0.5 * e + 0.5 * p, expected, jax.device_get(state.params))
     ema = jax.device_get(state.ema_params)
     assert_gradients_close(self, ema, expected, rtol=1e-6)
-    self.assertFalse(all(np.array_equal(a, b) for a, b in zip(
-        jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(jax.device_get(state.params)))))
+    self.assertFalse(
+        all(
+            np.array_equal(a, b)
+            for a, b in zip(jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(jax.device_get(state.params)))))
     workdir = self.create_tempdir().full_path
     iterator = iter(train_loop.build_train_data(trainer.experiment, self.mesh))
     ckpt = TrainCheckpointer(workdir, 3, 2)

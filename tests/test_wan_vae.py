@@ -19,19 +19,49 @@ except ImportError:  # the optional extra is not installed
 
 # Tiny configs with WAN's structure: 3 spatial stages (+ a 2x2 patchify for 2.2), 4x temporal.
 TINY = {
-    "2.1": dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
-    "2.1-2res": dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=2, attn_scales=[],
-                     temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
+    "2.1":
+        dict(base_dim=8,
+             z_dim=4,
+             dim_mult=[1, 2, 2, 2],
+             num_res_blocks=1,
+             attn_scales=[],
+             temperal_downsample=[False, True, True],
+             latents_mean=[0.0] * 4,
+             latents_std=[1.0] * 4),
+    "2.1-2res":
+        dict(base_dim=8,
+             z_dim=4,
+             dim_mult=[1, 2, 2, 2],
+             num_res_blocks=2,
+             attn_scales=[],
+             temperal_downsample=[False, True, True],
+             latents_mean=[0.0] * 4,
+             latents_std=[1.0] * 4),
     # Encoder attention (attn_scales): loads and runs here; diffusers 0.42 cannot run it (its
     # encoder passes feat_cache to WanAttentionBlock), so it has no parity case. No public WAN
     # checkpoint uses it.
-    "2.1-attn": dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=2, attn_scales=[0.5],
-                     temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4),
-    "2.2": dict(base_dim=8, decoder_base_dim=12, z_dim=6, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
-                out_channels=12, patch_size=2, latents_mean=[0.1, -0.2, 0.3, 0.0, 0.5, -1.0],
-                latents_std=[2.0, 1.5, 0.5, 1.0, 0.8, 3.0]),
+    "2.1-attn":
+        dict(base_dim=8,
+             z_dim=4,
+             dim_mult=[1, 2, 2, 2],
+             num_res_blocks=2,
+             attn_scales=[0.5],
+             temperal_downsample=[False, True, True],
+             latents_mean=[0.0] * 4,
+             latents_std=[1.0] * 4),
+    "2.2":
+        dict(base_dim=8,
+             decoder_base_dim=12,
+             z_dim=6,
+             dim_mult=[1, 2, 2, 2],
+             num_res_blocks=1,
+             temperal_downsample=[False, True, True],
+             is_residual=True,
+             in_channels=12,
+             out_channels=12,
+             patch_size=2,
+             latents_mean=[0.1, -0.2, 0.3, 0.0, 0.5, -1.0],
+             latents_std=[2.0, 1.5, 0.5, 1.0, 0.8, 3.0]),
 }
 
 
@@ -54,6 +84,7 @@ def _random_params(config, seed=0):
     if path[-1].key == "kernel":
       return (noise / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
     return ((1.0 if path[-1].key == "gamma" else 0.0) + 0.1 * noise).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(draw, wan_vae.init_shapes(config))
 
 
@@ -134,8 +165,9 @@ class WanVAETest(parameterized.TestCase):
     del broken["decoder.up_blocks.1.resnets.0.conv2.weight"]
     broken["encoder.extra.weight"] = np.zeros(3, np.float32)
     broken["quant_conv.bias"] = np.zeros(5, np.float32)
-    with self.assertRaisesRegex(ValueError, r"missing decoder\.up_blocks\.1\.resnets\.0\.conv2\.weight.*"
-                                r"shape of quant_conv\.bias.*unused encoder\.extra\.weight"):
+    with self.assertRaisesRegex(
+        ValueError, r"missing decoder\.up_blocks\.1\.resnets\.0\.conv2\.weight.*"
+        r"shape of quant_conv\.bias.*unused encoder\.extra\.weight"):
       wan_vae.params_from_state_dict(self.config, broken)
 
   def test_bad_inputs_are_named(self):
@@ -147,8 +179,11 @@ class WanVAETest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r"latents \[B, T, h, w, 6\]"):
       runner.decode(np.zeros((1, 2, 2, 2, 4), np.float32))
     with self.assertRaisesRegex(ValueError, "first encoder chunk is frame 0 alone, got 5"):
-      wan_vae.WanVAE(self.config).apply({"params": self.params}, _video(self.config, frames=5), True,
-                                        method=wan_vae.WanVAE.encode_chunk, mutable=["cache"])
+      wan_vae.WanVAE(self.config).apply({"params": self.params},
+                                        _video(self.config, frames=5),
+                                        True,
+                                        method=wan_vae.WanVAE.encode_chunk,
+                                        mutable=["cache"])
     with self.assertRaisesRegex(ValueError, "temperal_downsample needs 3"):
       wan_vae.WanVAEConfig(temperal_downsample=(True,))
 
@@ -158,16 +193,17 @@ class WanVAETest(parameterized.TestCase):
     wan_vae.save_diffusers(os.path.join(directory, "vae"), config, params)  # a pipeline root with vae/
     with self.assertRaises(FileExistsError):  # never replaces a saved VAE
       wan_vae.save_diffusers(os.path.join(directory, "vae"), config, params)
-    ae = build_autoencoder(AutoencoderConfig(kind="wan2.2", checkpoint=directory, scale=0.6, shift=0.1,
-                                             encode_chunk=2, decode_chunk=2))
-    self.assertEqual((ae.spatial_factor, ae.temporal_factor, ae.latent_channels(3), ae.latent_frames(9)),
-                     (16, 4, 6, 3))
+    ae = build_autoencoder(
+        AutoencoderConfig(kind="wan2.2", checkpoint=directory, scale=0.6, shift=0.1, encode_chunk=2, decode_chunk=2))
+    self.assertEqual((ae.spatial_factor, ae.temporal_factor, ae.latent_channels(3), ae.latent_frames(9)), (16, 4, 6, 3))
     video = _video(config)
     raw = wan_vae.WanVAERunner(config, params, encode_chunk=2).encode(video)
     mean, std = np.asarray(TINY["2.2"]["latents_mean"]), np.asarray(TINY["2.2"]["latents_std"])
     latents = ae.encode(video)
     np.testing.assert_allclose(latents, ((raw - mean) / std - 0.1) * 0.6, atol=1e-5)
-    np.testing.assert_allclose(ae.decode(latents), wan_vae.WanVAERunner(config, params, decode_chunk=2).decode(raw), atol=1e-5)
+    np.testing.assert_allclose(ae.decode(latents),
+                               wan_vae.WanVAERunner(config, params, decode_chunk=2).decode(raw),
+                               atol=1e-5)
     with self.assertRaisesRegex(ValueError, r"\(spatial, temporal\) by \(16, 4\).*'wan2.1' means \(8, 4\)"):
       build_autoencoder(AutoencoderConfig(kind="wan2.1", checkpoint=directory))
     with self.assertRaisesRegex(ValueError, "without weights cannot decode: set autoencoder.checkpoint"):
@@ -233,7 +269,7 @@ class WanVAEParityTest(parameterized.TestCase):
     video = _video(config)
     with torch.no_grad():
       ref_moments = reference._encode(torch.from_numpy(video).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).numpy()
-    z = ref_moments[..., : config.z_dim]
+    z = ref_moments[..., :config.z_dim]
     with torch.no_grad():
       ref_pixels = reference.decode(torch.from_numpy(z).permute(0, 4, 1, 2, 3)).sample.permute(0, 2, 3, 4, 1).numpy()
     self.assertLess(np.mean(np.abs(ref_pixels) >= 1.0), 0.05)  # the clip to [-1, 1] hides little

@@ -14,13 +14,28 @@ def get_config(arg: str = "digits"):
   c = base.base_config()
   if arg in ("digits", "digits_smoke"):
     c.data.update(source="digits", digits_size=8)
-    c.model.update(in_channels=1, img_size=8, patch_size=1, channels=64, top_block_channels=64,
-                   num_blocks=3, layers_per_block=(1, 1, 2), head_dim=32, num_classes=10,
+    c.model.update(in_channels=1,
+                   img_size=8,
+                   patch_size=1,
+                   channels=64,
+                   top_block_channels=64,
+                   num_blocks=3,
+                   layers_per_block=(1, 1, 2),
+                   head_dim=32,
+                   num_classes=10,
                    cond_top_only=True)
   elif arg in ("shapes", "shapes_smoke"):
     c.data.shapes.update(num_frames=1, height=16, width=16)
-    c.model.update(in_channels=3, img_size=16, patch_size=2, channels=64, top_block_channels=128,
-                   num_blocks=3, layers_per_block=(1, 1, 2), head_dim=32, txt_size=16, txt_dim=64,
+    c.model.update(in_channels=3,
+                   img_size=16,
+                   patch_size=2,
+                   channels=64,
+                   top_block_channels=128,
+                   num_blocks=3,
+                   layers_per_block=(1, 1, 2),
+                   head_dim=32,
+                   txt_size=16,
+                   txt_dim=64,
                    cond_top_only=True)
     c.text.update(kind="words")
   else:

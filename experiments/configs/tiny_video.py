@@ -13,23 +13,47 @@ from experiments.configs import base
 
 def get_config(arg: str = ""):
   c = base.base_config()
-  c.data.shapes.update(num_frames=5, height=16, width=16, max_objects=1, min_radius=0.2,
-                       max_radius=0.28, colors=("red", "green", "blue", "yellow"))
-  c.model.update(
-      in_channels=3, img_size=16, patch_size=2, channels=64, top_block_channels=96,
-      num_blocks=3, layers_per_block=(1, 1, 3), head_dim=32, txt_size=16, txt_dim=64,
-      cond_top_only=True, temporal_causal=2, shallow_block_local=True,
-      learnable_self_denoiser=True, conditional_denoiser=True, denoiser_window=2,
-      denoiser_layers=2)
+  c.data.shapes.update(num_frames=5,
+                       height=16,
+                       width=16,
+                       max_objects=1,
+                       min_radius=0.2,
+                       max_radius=0.28,
+                       colors=("red", "green", "blue", "yellow"))
+  c.model.update(in_channels=3,
+                 img_size=16,
+                 patch_size=2,
+                 channels=64,
+                 top_block_channels=96,
+                 num_blocks=3,
+                 layers_per_block=(1, 1, 3),
+                 head_dim=32,
+                 txt_size=16,
+                 txt_dim=64,
+                 cond_top_only=True,
+                 temporal_causal=2,
+                 shallow_block_local=True,
+                 learnable_self_denoiser=True,
+                 conditional_denoiser=True,
+                 denoiser_window=2,
+                 denoiser_layers=2)
   c.text.update(kind="words", width=64, num_layers=1, head_dim=32)
   # The official grad skip (drop any step whose norm exceeds the clip after step 100) would skip
   # every step here: this small model's gradient norm stays around 2. Clip, never skip.
-  c.train.update(batch_size=16, num_steps=1100, lr=3e-3, min_lr=1e-3, warmup_steps=50,
-                 noise_std=0.1, drop_label=0.1, drop_first_frame=0.25, grad_skip=False,
-                 flow_score_matching=True,
-                 # The official 1e-4 suits a 7B run; this 2-layer denoiser needs 1e-3 to fit its
-                 # target within the demo budget (BENCHMARKS.md, flow-score matching).
-                 denoiser_lr=1e-3)
+  c.train.update(
+      batch_size=16,
+      num_steps=1100,
+      lr=3e-3,
+      min_lr=1e-3,
+      warmup_steps=50,
+      noise_std=0.1,
+      drop_label=0.1,
+      drop_first_frame=0.25,
+      grad_skip=False,
+      flow_score_matching=True,
+      # The official 1e-4 suits a 7B run; this 2-layer denoiser needs 1e-3 to fit its
+      # target within the demo budget (BENCHMARKS.md, flow-score matching).
+      denoiser_lr=1e-3)
   c.checkpoint.update(every_steps=300, keep=2)
   c.log.update(every_steps=25, sample_every_steps=550, num_samples=4)
   # Sequential: for this 96-wide model on a CPU it beats Jacobi (see BENCHMARKS.md).
@@ -39,14 +63,17 @@ def get_config(arg: str = ""):
     #   --config.autoencoder.checkpoint=/tmp/vae_tiny/autoencoder
     c.data.shapes.update(num_frames=9, height=32, width=32, min_radius=0.15, max_radius=0.22)
     c.autoencoder.update(kind="causal_vae", checkpoint="")
-    c.model.update(in_channels=8, img_size=4, patch_size=1, channels=64, top_block_channels=128,
+    c.model.update(in_channels=8,
+                   img_size=4,
+                   patch_size=1,
+                   channels=64,
+                   top_block_channels=128,
                    layers_per_block=(1, 1, 3))
     c.train.update(noise_std=0.3, dequantize=False, drop_first_frame=0.25)
     c.sample.update(method="sequential")
   elif arg == "micro":  # the smallest model: end-to-end tests (training, resume, sampling CLI)
     c.data.shapes.update(num_frames=3, height=8, width=8)
-    c.model.update(img_size=8, channels=32, top_block_channels=32, layers_per_block=(1, 1, 1),
-                   denoiser_layers=1)
+    c.model.update(img_size=8, channels=32, top_block_channels=32, layers_per_block=(1, 1, 1), denoiser_layers=1)
     c.text.update(width=32)
     c.train.update(num_steps=12, warmup_steps=2, batch_size=4)
     c.checkpoint.update(every_steps=4, keep=5)

@@ -15,10 +15,15 @@ from experiments.configs import base
 
 def get_config(arg: str = ""):
   c = base.base_config()
-  c.data.shapes.update(num_frames=9, height=32, width=32, max_objects=1, min_radius=0.15,
-                       max_radius=0.22, colors=("red", "green", "blue", "yellow"))
-  c.vae = ml_collections.ConfigDict(dict(latent_channels=8, channels=(16, 32, 64),
-                                         temporal_downsamples=2, kl_weight=1e-4))
+  c.data.shapes.update(num_frames=9,
+                       height=32,
+                       width=32,
+                       max_objects=1,
+                       min_radius=0.15,
+                       max_radius=0.22,
+                       colors=("red", "green", "blue", "yellow"))
+  c.vae = ml_collections.ConfigDict(
+      dict(latent_channels=8, channels=(16, 32, 64), temporal_downsamples=2, kl_weight=1e-4))
   c.train.update(batch_size=8, num_steps=800, lr=1e-3, min_lr=1e-4, warmup_steps=50)
   c.log.update(every_steps=50)
   c.eval_clips = 64

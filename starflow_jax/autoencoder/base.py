@@ -134,7 +134,7 @@ class CausalVAEAutoencoder:
     pieces = [self._decode_chunk(self.params, raw[:, :chunk])]
     for start in range(chunk, t, chunk):
       end = min(start + chunk, t)
-      pixels = self._decode_chunk(self.params, raw[:, max(0, start - DECODE_CONTEXT): end])
+      pixels = self._decode_chunk(self.params, raw[:, max(0, start - DECODE_CONTEXT):end])
       pieces.append(pixels[:, -self.temporal_factor * (end - start):])
     return jnp.concatenate(pieces, axis=1)
 
@@ -146,7 +146,9 @@ class WanAutoencoder:
 
   jit_inside = True  # encode / decode run their own compiled steps: call them outside jax.jit
 
-  def __init__(self, config: AutoencoderConfig, expected_factors: tuple[int, int] | None = None,
+  def __init__(self,
+               config: AutoencoderConfig,
+               expected_factors: tuple[int, int] | None = None,
                mesh: jax.sharding.Mesh | None = None):
     self.config = config
     self.mesh = mesh  # batches split over its (data, fsdp) axes, weights replicated
@@ -161,8 +163,11 @@ class WanAutoencoder:
   @functools.cached_property
   def runner(self):
     _, params = wan_vae.load_diffusers(self.config.checkpoint)
-    return wan_vae.WanVAERunner(self.vae_config, params, jnp.dtype(self.config.dtype),
-                                encode_chunk=self.config.encode_chunk, decode_chunk=self.config.decode_chunk,
+    return wan_vae.WanVAERunner(self.vae_config,
+                                params,
+                                jnp.dtype(self.config.dtype),
+                                encode_chunk=self.config.encode_chunk,
+                                decode_chunk=self.config.decode_chunk,
                                 mesh=self.mesh)
 
   def on_mesh(self, mesh: jax.sharding.Mesh | None):

@@ -34,11 +34,11 @@ class CausalVAEConfig:
 
   @property
   def spatial_factor(self) -> int:
-    return 2 ** len(self.channels)
+    return 2**len(self.channels)
 
   @property
   def temporal_factor(self) -> int:
-    return 2 ** self.temporal_downsamples
+    return 2**self.temporal_downsamples
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
@@ -63,8 +63,11 @@ class CausalConv3D(nn.Module):
     if kt > 1:
       x = jnp.concatenate([jnp.repeat(x[:, :1], kt - 1, axis=1), x], axis=1)  # causal: past only
     pad_h, pad_w = self.kernel[1] // 2, self.kernel[2] // 2
-    return nn.Conv(self.features, self.kernel, strides=(1, self.spatial_stride, self.spatial_stride),
-                   padding=((0, 0), (pad_h, pad_h), (pad_w, pad_w)), name="conv")(x)
+    return nn.Conv(self.features,
+                   self.kernel,
+                   strides=(1, self.spatial_stride, self.spatial_stride),
+                   padding=((0, 0), (pad_h, pad_h), (pad_w, pad_w)),
+                   name="conv")(x)
 
 
 class FrameGroupNorm(nn.Module):

@@ -81,8 +81,8 @@ class WanVAEConfig:
   def from_diffusers(cls, values: dict) -> "WanVAEConfig":
     fields = {f.name for f in dataclasses.fields(cls)}
     config = cls(**{k: v for k, v in values.items() if k in fields})
-    for key, ours in (("scale_factor_spatial", config.spatial_factor),
-                      ("scale_factor_temporal", config.temporal_factor)):
+    for key, ours in (("scale_factor_spatial", config.spatial_factor), ("scale_factor_temporal",
+                                                                        config.temporal_factor)):
       if values.get(key) not in (None, ours):
         raise UserError(f"config.json says {key}={values[key]} but its blocks compress by {ours}")
     return config
@@ -93,15 +93,15 @@ class WanVAEConfig:
 
   @property
   def spatial_factor(self) -> int:
-    return 2 ** (len(self.dim_mult) - 1) * (self.patch_size or 1)
+    return 2**(len(self.dim_mult) - 1) * (self.patch_size or 1)
 
   @property
   def temporal_factor(self) -> int:
-    return 2 ** sum(bool(t) for t in self.temperal_downsample)
+    return 2**sum(bool(t) for t in self.temperal_downsample)
 
   @property
   def video_channels(self) -> int:  # colour channels of the videos (in_channels counts patchified ones)
-    return self.in_channels // (self.patch_size or 1) ** 2
+    return self.in_channels // (self.patch_size or 1)**2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +123,9 @@ def _conv3d(x: Array, kernel: Array, bias: Array, time_stride: int, spatial_padd
   """torch Conv3d over [B, T, H, W, C]: VALID in time (callers prepend past frames), zero-padded
   in space; kernel [kt, kh, kw, in, out]."""
   p = spatial_padding
-  y = lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (time_stride, 1, 1),
-                               ((0, 0), (p, p), (p, p)), dimension_numbers=CONV_DIMS)
+  y = lax.conv_general_dilated(x.astype(dtype),
+                               kernel.astype(dtype), (time_stride, 1, 1), ((0, 0), (p, p), (p, p)),
+                               dimension_numbers=CONV_DIMS)
   return y + bias.astype(dtype)
 
 
@@ -180,10 +181,13 @@ class FrameConv2d(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:  # [B, T, H, W, C]
     b, t = x.shape[:2]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, x.shape[-1], self.features))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel, self.kernel, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     frames = x.reshape((b * t,) + x.shape[2:]).astype(self.dtype)  # [B*T, H, W, C]
-    y = lax.conv_general_dilated(frames, kernel.astype(self.dtype), (self.stride, self.stride), self.padding,
+    y = lax.conv_general_dilated(frames,
+                                 kernel.astype(self.dtype), (self.stride, self.stride),
+                                 self.padding,
                                  dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias.astype(self.dtype)
     return y.reshape((b, t) + y.shape[1:])
 
@@ -224,7 +228,8 @@ class AttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:  # [B, T, H, W, C]
     b, t, h, w, c = x.shape
-    qkv = FrameConv2d(3 * c, kernel=1, padding=((0, 0), (0, 0)), dtype=self.dtype, name="to_qkv")(RMSNorm(name="norm")(x))
+    qkv = FrameConv2d(3 * c, kernel=1, padding=((0, 0), (0, 0)), dtype=self.dtype,
+                      name="to_qkv")(RMSNorm(name="norm")(x))
     q, k, v = jnp.split(qkv.reshape(b * t, h * w, 3 * c), 3, axis=-1)  # [B*T, HW, C] each
     logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / math.sqrt(c)
     out = jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
@@ -343,8 +348,8 @@ class ResidualUpBlock(nn.Module):
     for i in range(self.num_res_blocks + 1):
       x = ResidualBlock(self.out_dim, self.dtype, name=f"resnets_{i}")(x, first)
     if self.up:
-      x = Resample("upsample3d" if self.temporal else "upsample2d", self.out_dim, self.dtype,
-                   name="upsampler")(x, first)
+      x = Resample("upsample3d" if self.temporal else "upsample2d", self.out_dim, self.dtype, name="upsampler")(x,
+                                                                                                                first)
     return x if shortcut is None else x + shortcut
 
 
@@ -378,8 +383,12 @@ class Encoder(nn.Module):
     index, scale = 0, 1.0
     for i, out_dim in enumerate(dims[1:]):
       if cfg.is_residual:
-        x = ResidualDownBlock(out_dim, cfg.num_res_blocks, cfg.temperal_downsample[i] if i != last else False,
-                              i != last, self.dtype, name=f"down_blocks_{i}")(x, first)
+        x = ResidualDownBlock(out_dim,
+                              cfg.num_res_blocks,
+                              cfg.temperal_downsample[i] if i != last else False,
+                              i != last,
+                              self.dtype,
+                              name=f"down_blocks_{i}")(x, first)
         continue
       for _ in range(cfg.num_res_blocks):
         x = ResidualBlock(out_dim, self.dtype, name=f"down_blocks_{index}")(x, first)
@@ -413,7 +422,11 @@ class Decoder(nn.Module):
     for i, out_dim in enumerate(dims[1:]):
       up = i != last
       if cfg.is_residual:
-        x = ResidualUpBlock(out_dim, cfg.num_res_blocks, upsample[i] if up else False, up, self.dtype,
+        x = ResidualUpBlock(out_dim,
+                            cfg.num_res_blocks,
+                            upsample[i] if up else False,
+                            up,
+                            self.dtype,
                             name=f"up_blocks_{i}")(x, first)
       else:
         mode = ("upsample3d" if upsample[i] else "upsample2d") if up else None
@@ -455,9 +468,9 @@ class WanVAE(nn.Module):
     """Initialisation: a [B, 1 + 4, H, W, C] video as two chunks each way creates every parameter
     (the temporal resampling convolutions only run after the first chunk)."""
     z = jnp.concatenate([self.encode_chunk(video[:, :1], first=True),
-                         self.encode_chunk(video[:, 1:], first=False)], axis=1)[..., : self.config.z_dim]
-    return jnp.concatenate([self.decode_chunk(z[:, :1], first=True),
-                            self.decode_chunk(z[:, 1:], first=False)], axis=1)
+                         self.encode_chunk(video[:, 1:], first=False)],
+                        axis=1)[..., :self.config.z_dim]
+    return jnp.concatenate([self.decode_chunk(z[:, :1], first=True), self.decode_chunk(z[:, 1:], first=False)], axis=1)
 
   def encode_chunk(self, video: Array, first: bool) -> Array:
     """Pixels [B, T, H, W, C] in [-1, 1] -> posterior moments [B, T', h, w, 2z] (mean, logvar).
@@ -488,6 +501,7 @@ def _step(config: WanVAEConfig, dtype, method: str, first: bool):
     variables = {"params": params} if first else {"params": params, "cache": cache}
     out, state = module.apply(variables, x, first, method=getattr(WanVAE, method), mutable=["cache"])
     return out, state["cache"]
+
   return jax.jit(run)
 
 
@@ -504,8 +518,13 @@ class WanVAERunner:
   decode: latent frame 0, then `decode_chunk` latent frames per call. Compiles once for the first
   chunk, once for full chunks and once for a shorter last chunk."""
 
-  def __init__(self, config: WanVAEConfig, params, dtype=jnp.float32, encode_chunk: int = 4,
-               decode_chunk: int = 4, mesh: jax.sharding.Mesh | None = None):
+  def __init__(self,
+               config: WanVAEConfig,
+               params,
+               dtype=jnp.float32,
+               encode_chunk: int = 4,
+               decode_chunk: int = 4,
+               mesh: jax.sharding.Mesh | None = None):
     if encode_chunk < 1 or decode_chunk < 1:
       raise UserError(f"encode_chunk / decode_chunk must be >= 1, got {encode_chunk} / {decode_chunk}")
     self.config = config
@@ -535,7 +554,7 @@ class WanVAERunner:
     out, cache = self._encode[True](self.params, None, video[:, :1])
     pieces, step = [out], self.config.temporal_factor * self.encode_chunk
     for start in range(1, video.shape[1], step):
-      out, cache = self._encode[False](self.params, cache, video[:, start: start + step])
+      out, cache = self._encode[False](self.params, cache, video[:, start:start + step])
       pieces.append(out)
     return jnp.concatenate(pieces, axis=1)
 
@@ -551,7 +570,7 @@ class WanVAERunner:
 
   def encode(self, video: Array) -> Array:
     """The posterior mean [B, 1 + k, h, w, z] (raw: not normalised)."""
-    return self.moments(video)[..., : self.config.z_dim]
+    return self.moments(video)[..., :self.config.z_dim]
 
   def decode(self, z: Array) -> Array:
     """Raw latents [B, T', h, w, z] -> pixels [B, 1 + 4(T' - 1), H, W, C] in [-1, 1]."""
@@ -561,7 +580,7 @@ class WanVAERunner:
     out, cache = self._decode[True](self.params, None, z[:, :1])
     pieces = [out]
     for start in range(1, z.shape[1], self.decode_chunk):
-      out, cache = self._decode[False](self.params, cache, z[:, start: start + self.decode_chunk])
+      out, cache = self._decode[False](self.params, cache, z[:, start:start + self.decode_chunk])
       pieces.append(out)
     return jnp.concatenate(pieces, axis=1)
 
@@ -668,9 +687,13 @@ def save_diffusers(directory: str, config: WanVAEConfig, params) -> None:
   if os.path.exists(os.path.join(directory, "config.json")):
     raise FileExistsError(f"{directory} already holds a config.json; choose a new directory")
   os.makedirs(directory, exist_ok=True)
-  values = {"_class_name": "AutoencoderKLWan", **{k: (list(v) if isinstance(v, tuple) else v)
-                                                  for k, v in dataclasses.asdict(config).items()},
-            "scale_factor_spatial": config.spatial_factor, "scale_factor_temporal": config.temporal_factor}
+  values = {
+      "_class_name": "AutoencoderKLWan",
+      **{
+          k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
+      }, "scale_factor_spatial": config.spatial_factor,
+      "scale_factor_temporal": config.temporal_factor
+  }
   for key in ("latents_mean", "latents_std"):  # diffusers' defaults are WAN 2.1's 16-channel stats
     if not values[key]:
       values[key] = [0.0 if key == "latents_mean" else 1.0] * config.z_dim

@@ -54,7 +54,7 @@ def official_to_jax(weights: str, config_path: str, out: str, overwrite: bool = 
 def jax_to_official(checkpoint_dir: str, out: str, overwrite: bool = False) -> tuple[str, str]:
   if not out.endswith(".safetensors"):
     raise UserError(f"--out {out} must end in .safetensors (its .json is written beside it)")
-  json_path = out[: -len(".safetensors")] + ".json"
+  json_path = out[:-len(".safetensors")] + ".json"
   for path in (out, json_path):  # both outputs checked before either is written
     if fileio.as_path(path).exists() and not overwrite:
       raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite")

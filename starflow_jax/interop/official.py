@@ -21,8 +21,7 @@ from starflow_jax.config import ModelConfig
 from starflow_jax.errors import UserError
 
 # Official buffers that carry no information (deprecated); ignored on import, written on export.
-_BUFFER_PATTERNS = (r"blocks\.\d+\.attn_mask", r"var", r"feat_rope\.freqs_(cos|sin)",
-                    r"feat_rope_gen\.freqs_(cos|sin)")
+_BUFFER_PATTERNS = (r"blocks\.\d+\.attn_mask", r"var", r"feat_rope\.freqs_(cos|sin)", r"feat_rope_gen\.freqs_(cos|sin)")
 # Prefixes that wrappers add to state_dict keys (DDP, torch.compile, FSDP).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
@@ -37,13 +36,13 @@ class LeafMapping:
     if self.ours[-1] == "sos":
       return (1, 1, our_shape[0])
     if self.in_axes:
-      return (int(np.prod(our_shape[self.in_axes:])), int(np.prod(our_shape[: self.in_axes])))
+      return (int(np.prod(our_shape[self.in_axes:])), int(np.prod(our_shape[:self.in_axes])))
     return (int(np.prod(our_shape)),)
 
   def to_official(self, value: np.ndarray) -> np.ndarray:
     value = np.asarray(value)
     if self.in_axes:
-      n_in = int(np.prod(value.shape[: self.in_axes]))
+      n_in = int(np.prod(value.shape[:self.in_axes]))
       return np.ascontiguousarray(value.reshape(n_in, -1).T)
     return value.reshape(self.official_shape(value.shape))
 

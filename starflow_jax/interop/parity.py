@@ -100,8 +100,10 @@ class GoldenRecomputation:
     run = jax.jit(compute)
     sum_logdets, jac = run()
     _, logabsdet = np.linalg.slogdet(np.asarray(jac, np.float64))
-    arrays = {"bruteforce.sum_logdets": np.asarray(sum_logdets, np.float64),
-              "bruteforce.logabsdet": np.asarray(logabsdet)}
+    arrays = {
+        "bruteforce.sum_logdets": np.asarray(sum_logdets, np.float64),
+        "bruteforce.logabsdet": np.asarray(logabsdet)
+    }
     return arrays, run
 
   # ---------------------------------------------------------------- dispatch
@@ -116,13 +118,13 @@ class GoldenRecomputation:
     match = re.fullmatch(r"sample\.cfg([0-9.]+)", name)
     if match and self.cond is not None:
       w = float(match.group(1))
-      return lambda: self._single(name, self._inverse("sample.z", method="sequential",
-                                                      guidance=w, null_cond=self.null_cond))
+      return lambda: self._single(name,
+                                  self._inverse("sample.z", method="sequential", guidance=w, null_cond=self.null_cond))
     match = re.fullmatch(r"sample\.jacobi_b(\d+)_th([0-9.eE+-]+)", name)
     if match:
       b, th = int(match.group(1)), float(match.group(2))
-      return lambda: self._single(name, self._inverse(
-          "sample.z", method="jacobi", block_size=b, threshold=th, max_iter=JACOBI_MAX_ITER))
+      return lambda: self._single(
+          name, self._inverse("sample.z", method="jacobi", block_size=b, threshold=th, max_iter=JACOBI_MAX_ITER))
     if name == "denoiser.out" and self.config.learnable_self_denoiser:
       return lambda: self._single(name, self._denoiser())
     if name in ("bruteforce.logabsdet", "bruteforce.sum_logdets"):

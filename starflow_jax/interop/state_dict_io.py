@@ -61,7 +61,9 @@ def read_hf_directory(directory, filename: str = "model.safetensors") -> dict[st
                           "checkpoint's safetensors first (see WORKSPACE.md)")
 
 
-def write_safetensors(path, state_dict: dict[str, np.ndarray], overwrite: bool = False,
+def write_safetensors(path,
+                      state_dict: dict[str, np.ndarray],
+                      overwrite: bool = False,
                       metadata: dict[str, str] | None = None) -> None:
   """Writes a .safetensors file atomically; refuses to replace an existing file unless overwrite."""
   if not os.fspath(path).endswith(".safetensors"):

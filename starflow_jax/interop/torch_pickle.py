@@ -18,19 +18,38 @@ import numpy as np
 from starflow_jax.errors import UserError
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
-_TORCH_DTYPES = {"float32": np.float32, "float": np.float32, "float64": np.float64,
-                 "double": np.float64, "float16": np.float16, "half": np.float16,
-                 "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "long": np.int64,
-                 "int32": np.int32, "int": np.int32, "int16": np.int16, "int8": np.int8,
-                 "uint8": np.uint8, "bool": np.bool_}
+_TORCH_DTYPES = {
+    "float32": np.float32,
+    "float": np.float32,
+    "float64": np.float64,
+    "double": np.float64,
+    "float16": np.float16,
+    "half": np.float16,
+    "bfloat16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "long": np.int64,
+    "int32": np.int32,
+    "int": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_
+}
 
 
 class _StorageType:
+
   def __init__(self, dtype):
     self.dtype = np.dtype(dtype)
 
@@ -39,7 +58,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
   if not size:
     return np.array(storage[storage_offset], copy=True)
   itemsize = storage.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
+  view = np.lib.stride_tricks.as_strided(storage[storage_offset:],
+                                         shape=tuple(size),
                                          strides=tuple(s * itemsize for s in stride))
   return np.array(view, copy=True)
 
@@ -49,6 +69,7 @@ def _rebuild_parameter(data, *unused):
 
 
 class _Unpickler(pickle.Unpickler):
+
   def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
     super().__init__(file)
     self._archive = archive

@@ -54,7 +54,10 @@ class TextEncoder(nn.Module):
     dtype = jnp.dtype(cfg.compute_dtype)
     length = token_ids.shape[-1]
     valid = token_ids != 0  # [B, L]
-    h = nn.Embed(cfg.tokenizer.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
+    h = nn.Embed(cfg.tokenizer.vocab_size,
+                 cfg.width,
+                 dtype=dtype,
+                 param_dtype=jnp.float32,
                  embedding_init=layers.logical(layers.dense_init(), (axes.VOCAB, axes.EMBED)),
                  name="token_embed")(token_ids)
     pos = self.param("position_embed", layers.logical(layers.dense_init(), (axes.LENGTH, axes.EMBED)),
@@ -63,11 +66,17 @@ class TextEncoder(nn.Module):
     mask = valid[:, None, :]  # [B, 1, L] -> every query sees the valid keys
     no_rotation = (jnp.ones((length, cfg.head_dim)), jnp.zeros((length, cfg.head_dim)))
     for i in range(cfg.num_layers):
-      h, _ = layers.TransformerLayer(num_heads=cfg.width // cfg.head_dim, head_dim=cfg.head_dim,
-                                     mlp_hidden=4 * cfg.width, dtype=dtype, name=f"layers_{i}")(
-                                         h, *no_rotation, jnp.broadcast_to(mask, (h.shape[0], length, length)))
+      h, _ = layers.TransformerLayer(num_heads=cfg.width // cfg.head_dim,
+                                     head_dim=cfg.head_dim,
+                                     mlp_hidden=4 * cfg.width,
+                                     dtype=dtype,
+                                     name=f"layers_{i}")(h, *no_rotation,
+                                                         jnp.broadcast_to(mask, (h.shape[0], length, length)))
     h = layers.make_norm("layer_norm", "final_norm", dtype)(h)
-    out = nn.Dense(cfg.output_dim, dtype=dtype, param_dtype=jnp.float32, name="proj_out",
+    out = nn.Dense(cfg.output_dim,
+                   dtype=dtype,
+                   param_dtype=jnp.float32,
+                   name="proj_out",
                    kernel_init=layers.logical(layers.dense_init(), (axes.EMBED, axes.TEXT)),
                    bias_init=layers.logical(nn.initializers.zeros, (axes.TEXT,)))(h)
     return (out * valid[..., None]).astype(jnp.float32)

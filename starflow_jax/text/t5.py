@@ -52,8 +52,7 @@ class T5Config:
     return config
 
 
-def relative_position_buckets(query_length: int, key_length: int, num_buckets: int,
-                              max_distance: int) -> np.ndarray:
+def relative_position_buckets(query_length: int, key_length: int, num_buckets: int, max_distance: int) -> np.ndarray:
   """Bidirectional T5 buckets [Q, K] of relative positions key - query (HF's formula)."""
   relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
   num_buckets //= 2
@@ -61,8 +60,8 @@ def relative_position_buckets(query_length: int, key_length: int, num_buckets: i
   relative = np.abs(relative)
   max_exact = num_buckets // 2
   is_small = relative < max_exact
-  large = max_exact + (np.log(np.maximum(relative, 1).astype(np.float32) / max_exact)
-                       / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int64)
+  large = max_exact + (np.log(np.maximum(relative, 1).astype(np.float32) / max_exact) /
+                       math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int64)
   large = np.minimum(large, num_buckets - 1)
   return buckets + np.where(is_small, relative, large)
 
@@ -88,16 +87,22 @@ class T5Encoder(nn.Module):
   @nn.compact
   def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     cfg = self.config
-    dense = lambda features, name, names: nn.Dense(
-        features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=layers.logical(layers.dense_init(), names))
-    h = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, param_dtype=jnp.float32, name="shared",
+    dense = lambda features, name, names: nn.Dense(features,
+                                                   use_bias=False,
+                                                   dtype=self.dtype,
+                                                   param_dtype=jnp.float32,
+                                                   name=name,
+                                                   kernel_init=layers.logical(layers.dense_init(), names))
+    h = nn.Embed(cfg.vocab_size,
+                 cfg.d_model,
+                 dtype=self.dtype,
+                 param_dtype=jnp.float32,
+                 name="shared",
                  embedding_init=layers.logical(nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)))(ids)
     length = ids.shape[1]
     buckets = relative_position_buckets(length, length, cfg.relative_attention_num_buckets,
                                         cfg.relative_attention_max_distance)
-    bias_table = self.param("relative_attention_bias",
-                            layers.logical(layers.dense_init(), (axes.BUCKETS, axes.HEADS)),
+    bias_table = self.param("relative_attention_bias", layers.logical(layers.dense_init(), (axes.BUCKETS, axes.HEADS)),
                             (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
     position_bias = jnp.transpose(bias_table[buckets], (2, 0, 1))[None]  # [1, H, L, L]
     key_mask = jnp.where(mask[:, None, None, :], 0.0, jnp.finfo(jnp.float32).min)  # [B, 1, 1, L]
@@ -115,8 +120,8 @@ class T5Encoder(nn.Module):
       x = T5LayerNorm(cfg.layer_norm_epsilon, name=f"block_{i}_ffn_norm")(h)
       if cfg.feed_forward_proj.startswith("gated"):
         act = (lambda t: jax.nn.gelu(t, approximate=True)) if cfg.feed_forward_proj == "gated-gelu" else jax.nn.relu
-        hidden = act(dense(cfg.d_ff, f"block_{i}_wi_0", (axes.EMBED, axes.MLP))(x)) * dense(
-            cfg.d_ff, f"block_{i}_wi_1", (axes.EMBED, axes.MLP))(x)
+        hidden = act(dense(cfg.d_ff, f"block_{i}_wi_0",
+                           (axes.EMBED, axes.MLP))(x)) * dense(cfg.d_ff, f"block_{i}_wi_1", (axes.EMBED, axes.MLP))(x)
       else:
         hidden = jax.nn.relu(dense(cfg.d_ff, f"block_{i}_wi", (axes.EMBED, axes.MLP))(x))
       h = h + dense(cfg.d_model, f"block_{i}_wo", (axes.MLP, axes.EMBED))(hidden)
@@ -133,11 +138,18 @@ def _hf_key(ours: str) -> str:
     return "encoder.final_layer_norm.weight"
   block, rest = ours.split("_", 2)[1], ours.split("_", 2)[2]
   name = rest.split("/")[0]
-  table = {"attention_norm": "layer.0.layer_norm.weight", "q": "layer.0.SelfAttention.q.weight",
-           "k": "layer.0.SelfAttention.k.weight", "v": "layer.0.SelfAttention.v.weight",
-           "o": "layer.0.SelfAttention.o.weight", "ffn_norm": "layer.1.layer_norm.weight",
-           "wi_0": "layer.1.DenseReluDense.wi_0.weight", "wi_1": "layer.1.DenseReluDense.wi_1.weight",
-           "wi": "layer.1.DenseReluDense.wi.weight", "wo": "layer.1.DenseReluDense.wo.weight"}
+  table = {
+      "attention_norm": "layer.0.layer_norm.weight",
+      "q": "layer.0.SelfAttention.q.weight",
+      "k": "layer.0.SelfAttention.k.weight",
+      "v": "layer.0.SelfAttention.v.weight",
+      "o": "layer.0.SelfAttention.o.weight",
+      "ffn_norm": "layer.1.layer_norm.weight",
+      "wi_0": "layer.1.DenseReluDense.wi_0.weight",
+      "wi_1": "layer.1.DenseReluDense.wi_1.weight",
+      "wi": "layer.1.DenseReluDense.wi.weight",
+      "wo": "layer.1.DenseReluDense.wo.weight"
+  }
   return f"encoder.block.{block}.{table[name]}"
 
 
@@ -145,8 +157,8 @@ def load_hf_t5(directory: str) -> tuple[T5Config, dict]:
   """(config, params) of the encoder of a Hugging Face T5 checkpoint directory."""
   config = T5Config.from_hf(fileio.read_json(fileio.as_path(directory) / "config.json"))
   sd = read_hf_directory(directory, "model.safetensors")
-  shapes = jax.eval_shape(lambda: nn.unbox(T5Encoder(config).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))["params"]))
+  shapes = jax.eval_shape(lambda: nn.unbox(
+      T5Encoder(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool))["params"]))
   problems = []
 
   def fill(path, leaf):
@@ -188,8 +200,8 @@ class T5Tokenizer:
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros((len(texts), self.max_length), np.int32)
     for i, text in enumerate(texts):
-      row = list(self.processor.encode(text))[: self.max_length - 1] + [EOS_ID]
-      ids[i, : len(row)] = row
+      row = list(self.processor.encode(text))[:self.max_length - 1] + [EOS_ID]
+      ids[i, :len(row)] = row
     return ids, ids != PAD_ID
 
 

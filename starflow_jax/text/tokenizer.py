@@ -70,7 +70,7 @@ class Tokenizer:
   def encode(self, text: str) -> np.ndarray:
     """int32 [max_length]: <bos>, tokens, padding (truncated to max_length)."""
     ids = [SPECIAL_TOKENS.index(BOS)] + self._ids(text)
-    ids = ids[: self.max_length]
+    ids = ids[:self.max_length]
     return np.array(ids + [0] * (self.max_length - len(ids)), np.int32)
 
   def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
