@@ -49,24 +49,59 @@ def evaluate(workdir: str, num_clips: int = 64, num_samples: int = 16, seed: int
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
-  sigma = float(config.train.noise_std)
-  model = StarFlow(bundle.config)
-  params = bundle.params
-  sampler = VideoSampler(
-      bundle, SamplingOptions(method="jacobi", guidance=float(config.sample.guidance), noise_std=sigma, progress=False))
+  sigma, guidance = float(config.train.noise_std), float(config.sample.guidance)
+  sampler = VideoSampler(bundle, SamplingOptions(method="jacobi", guidance=guidance, noise_std=sigma, progress=False))
   clean = jnp.asarray(held_out_clips(config, num_clips))
   if not bundle.config.is_video:
     clean = clean[:, 0]
   captions = [str(sources.build_source(config.data, "eval")[i].get("caption", "")) for i in range(len(clean))]
   cond, _ = sampler.encode_prompts(captions) if bundle.config.conditioning == "text" else (None, None)
   noisy = clean + sigma * jax.random.normal(jax.random.PRNGKey(seed), clean.shape)
+  variants = denoised_variants(sampler, clean, noisy, cond, sigma)
+  # How well the denoiser fits its training target sigma * dNLL/dx~ on held-out clips (R^2):
+  # a perfect fit makes "flow-score matching (step sigma)" equal the score-based row.
+  target = (noisy - variants["score-based (flow gradient)"]) / sigma  # sigma * grad NLL
+  pred = sampler._denoiser(bundle.params, noisy, cond)
+  fit_r2 = float(1.0 - jnp.sum(jnp.square(pred - target)) / jnp.sum(jnp.square(target - jnp.mean(target))))
+  nll_bpd = bits_per_dim_fn(bundle)
+  rows = {}
+  for name, x in variants.items():
+    rows[name] = {
+        "psnr": float(jnp.mean(image_metrics.psnr(x, clean))),
+        "ssim": float(jnp.mean(image_metrics.ssim(x, clean))),
+        "bpd": float(jnp.mean(nll_bpd(x, cond))),
+    }
+  frames = sources.example_shape(config.data)[0]
+  hfe = sample_sharpness(bundle, sampler, captions[:num_samples], frames, guidance, sigma, seed + 1)
+  hfe["clean data (reference)"] = float(jnp.mean(image_metrics.high_frequency_energy(clean)))
+  return {
+      "sigma": sigma,
+      "clips": int(len(clean)),
+      "rows": rows,
+      "high_frequency_energy": hfe,
+      "denoiser_fit_r2": fit_r2,
+      "pictures": {
+          k: np.asarray(v[:4]) for k, v in variants.items()
+      },
+  }
+
+
+def bits_per_dim_fn(bundle: checkpoint.ModelBundle):
+  """x, cond -> each example's exact bits per dimension under the model (compiled)."""
+  model = StarFlow(bundle.config)
 
   @jax.jit
   def nll_bpd(x, cond):
-    out = model.apply({"params": params}, x, cond)
+    out = model.apply({"params": bundle.params}, x, cond)
     return losses.bits_per_dim(losses.nll_per_dim(out.z, out.logdets))
 
-  variants = {
+  return nll_bpd
+
+
+def denoised_variants(sampler: VideoSampler, clean, noisy, cond, sigma: float) -> dict:
+  """The held-out clips clean, noisy, and denoised by each rule."""
+  params = sampler.params
+  return {
       "clean":
           clean,
       "noisy input":
@@ -78,47 +113,22 @@ def evaluate(workdir: str, num_clips: int = 64, num_samples: int = 16, seed: int
       f"flow-score matching (step {OFFICIAL_DENOISE_STEP})":
           noisy - OFFICIAL_DENOISE_STEP * sampler._denoiser(params, noisy, cond),
   }
-  # How well the denoiser fits its training target sigma * dNLL/dx~ on held-out clips (R^2):
-  # a perfect fit makes "flow-score matching (step sigma)" equal the score-based row.
-  target = (noisy - variants["score-based (flow gradient)"]) / sigma  # sigma * grad NLL
-  pred = sampler._denoiser(params, noisy, cond)
-  fit_r2 = float(1.0 - jnp.sum(jnp.square(pred - target)) / jnp.sum(jnp.square(target - jnp.mean(target))))
-  rows = {}
-  for name, x in variants.items():
-    rows[name] = {
-        "psnr": float(jnp.mean(image_metrics.psnr(x, clean))),
-        "ssim": float(jnp.mean(image_metrics.ssim(x, clean))),
-        "bpd": float(jnp.mean(nll_bpd(x, cond))),
-    }
-  # Generated samples: high-frequency energy before / after denoising.
-  frames = sources.example_shape(config.data)[0]
-  prompts = captions[:num_samples]
+
+
+def sample_sharpness(bundle, sampler: VideoSampler, prompts, frames: int, guidance: float, sigma: float,
+                     seed: int) -> dict:
+  """High-frequency energy of generated samples before and after each denoising rule."""
   raw_sampler = VideoSampler(
-      bundle,
-      SamplingOptions(method="jacobi",
-                      guidance=float(config.sample.guidance),
-                      noise_std=sigma,
-                      denoise="none",
-                      progress=False))
-  raw = raw_sampler.generate(prompts, frames, seed=seed + 1)
-  sample_cond = raw_sampler.encode_prompts(prompts)[0] if bundle.config.conditioning == "text" else None
-  sample_rows = {
+      bundle, SamplingOptions(method="jacobi", guidance=guidance, noise_std=sigma, denoise="none", progress=False))
+  raw = raw_sampler.generate(prompts, frames, seed=seed)
+  cond = raw_sampler.encode_prompts(prompts)[0] if bundle.config.conditioning == "text" else None
+  params = bundle.params
+  rows = {
       "samples, no denoiser": raw,
-      "samples, score-based": sampler._score_step(params, raw, sample_cond, sigma),
-      "samples, flow-score matching": raw - sigma * sampler._denoiser(params, raw, sample_cond),
+      "samples, score-based": sampler._score_step(params, raw, cond, sigma),
+      "samples, flow-score matching": raw - sigma * sampler._denoiser(params, raw, cond),
   }
-  hfe = {name: float(jnp.mean(image_metrics.high_frequency_energy(x))) for name, x in sample_rows.items()}
-  hfe["clean data (reference)"] = float(jnp.mean(image_metrics.high_frequency_energy(clean)))
-  return {
-      "sigma": sigma,
-      "clips": int(len(clean)),
-      "rows": rows,
-      "high_frequency_energy": hfe,
-      "denoiser_fit_r2": fit_r2,
-      "pictures": {
-          k: np.asarray(v[:4]) for k, v in variants.items()
-      }
-  }
+  return {name: float(jnp.mean(image_metrics.high_frequency_energy(x))) for name, x in rows.items()}
 
 
 def main(argv):

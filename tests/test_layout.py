@@ -1,5 +1,5 @@
-"""The package's shape: no import cycle among the library's modules, and the parameter tree's
-top-level keys spelled only by the model."""
+"""The package's shape: no import cycle among the library's modules, the parameter tree's
+top-level keys spelled only by the model, and library functions short enough to read at once."""
 
 import ast
 import os
@@ -9,6 +9,7 @@ from absl.testing import absltest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("starflow_jax", "data_pipeline")
+MAX_FUNCTION_LINES = 60  # body lines, docstring excluded
 
 
 def library_modules() -> dict[str, str]:
@@ -89,6 +90,33 @@ class LayoutTest(absltest.TestCase):
       if name != "starflow_jax.model":
         offenders += [f"{name}: {m.group(0)}" for m in keys.finditer(open(path).read())]
     self.assertEqual(offenders, [])
+
+  def test_library_functions_are_short(self):
+    long_functions = []
+    for name, path in library_modules().items():
+      for fn, length in function_lengths(path):
+        if length > MAX_FUNCTION_LINES:
+          long_functions.append(f"{name}.{fn}: {length} lines")
+    self.assertEqual(long_functions, [])
+
+  def test_function_lengths_leave_out_the_docstring(self):
+    path = os.path.join(self.create_tempdir().full_path, "m.py")
+    with open(path, "w") as f:
+      f.write('def f():\n  """One.\n\n  Two."""\n  x = 1\n  return x\n')
+    self.assertEqual(function_lengths(path), [("f", 3)])
+
+
+def function_lengths(path: str) -> list[tuple[str, int]]:
+  """(name, lines from `def` to the end, less the docstring) of every function in a module."""
+  out = []
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      length = node.end_lineno - node.lineno + 1
+      first = node.body[0]
+      if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        length -= first.end_lineno - first.lineno + 1
+      out.append((node.name, length))
+  return out
 
 
 if __name__ == "__main__":
