@@ -22,7 +22,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 format: venv
-	$(PY) -m yapf -i -p $$(git ls-files '*.py')
+	$(PY) -m yapf -i -p $$(git ls-files --cached --others --exclude-standard '*.py')
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -56,7 +56,12 @@ def define_flags():
   flags.DEFINE_integer("jacobi_block_size", None, "Jacobi block size in the first frame (x4 after)")
   flags.DEFINE_float("jacobi_threshold", None, "Jacobi stop threshold tau")
   flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
-  flags.DEFINE_integer("fps", 4, "frames per second of the written video")
+  flags.DEFINE_integer(
+      "fps", None, "frames per second: of the written video and, for models conditioned on it, in "
+      "the prompt (default: the model directory's, else 4)")
+  flags.DEFINE_string(
+      "aspect_ratio", None, "W:H of the samples (1:1, 16:9, 9:16, ...), for models trained on "
+      "mixed aspect ratios (default: the model directory's)")
   flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
   flags.DEFINE_bool(
       "arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
@@ -109,8 +114,9 @@ def _read_frames(path) -> np.ndarray:
   return frames[None] if frames.ndim == 3 and suffix not in IMAGE_SUFFIXES else frames
 
 
-def load_frames(path: str, size: int, max_frames: int | None) -> np.ndarray:
-  """An image or clip as float32 [T, size, size, 3] in [-1, 1] (center crop, resize)."""
+def load_frames(path: str, size: tuple[int, int], max_frames: int | None) -> np.ndarray:
+  """An image or clip as float32 [T, height, width, 3] in [-1, 1]: resized to cover (height,
+  width), then center-cropped, as the official sampler prepares its input image."""
   path = fileio.as_path(path)
   if not path.is_file():
     raise UserError(f"--input {path} does not exist")
@@ -119,11 +125,12 @@ def load_frames(path: str, size: int, max_frames: int | None) -> np.ndarray:
     raise UserError(f"--input {path}: expected an image or a clip of RGB frames, got shape {frames.shape}")
   out = []
   for frame in frames[:max_frames]:
-    image = Image.fromarray(frame[..., :3] if frame.shape[-1] != 1 else frame[..., 0])
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).convert("RGB").resize((size, size), Image.BILINEAR)
-    out.append(np.asarray(image, np.float32) / 127.5 - 1.0)
+    image = Image.fromarray(frame[..., :3] if frame.shape[-1] != 1 else frame[..., 0]).convert("RGB")
+    height, width = size
+    scale = max(height / image.height, width / image.width)
+    image = image.resize((max(width, int(image.width * scale)), max(height, int(image.height * scale))), Image.BILINEAR)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    out.append(np.asarray(image.crop((left, top, left + width, top + height)), np.float32) / 127.5 - 1.0)
   return np.stack(out)
 
 
@@ -138,7 +145,9 @@ def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
                                denoise_step=FLAGS.denoise_step,
                                noise_std=FLAGS.noise_std,
                                window=FLAGS.window,
-                               context=FLAGS.context)
+                               context=FLAGS.context,
+                               fps=FLAGS.fps,
+                               aspect_ratio=FLAGS.aspect_ratio)
 
 
 OUT_SUFFIXES = (".mp4", ".gif")
@@ -163,7 +172,7 @@ def check_flags() -> None:
                     "clip length)")
   if FLAGS.num_samples < 1:
     raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
-  if FLAGS.fps < 1:
+  if FLAGS.fps is not None and FLAGS.fps < 1:
     raise UserError(f"--fps={FLAGS.fps} must be >= 1")
   if FLAGS.mode != "t2v" and not FLAGS.input:
     raise UserError(f"--mode={FLAGS.mode} needs --input")
@@ -186,14 +195,15 @@ def main(argv):
   if FLAGS.mode == "v2v":
     prompts = [p if p.startswith("(v2v)") else "(v2v) " + p for p in prompts]
   text_encoder = None
-  if FLAGS.t5:
+  if bundle.t5 is not None:  # the encoder the model directory names (--t5: its folder here)
+    text_encoder = bundle.t5.build(FLAGS.t5)
+  elif FLAGS.t5:
     text_encoder = T5TextEncoder(FLAGS.t5, bundle.config.txt_size)
   sampler = VideoSampler(bundle, options, text_encoder=text_encoder)
   condition = None
   if FLAGS.mode != "t2v":
-    pixel_size = bundle.config.img_size * sampler.autoencoder.spatial_factor
     max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
-    condition = load_frames(FLAGS.input, pixel_size, max_frames)[None]
+    condition = load_frames(FLAGS.input, sampler.pixel_size, max_frames)[None]
   start = time.time()
   videos = sampler.generate(prompts or None,
                             num_frames,
@@ -207,13 +217,13 @@ def main(argv):
            time.time() - start, options.method, options.guidance, sampler.denoise_mode)
   if not distributed.is_primary():
     return
-  written = []
+  written, fps = [], options.fps or 4
   for i, video in enumerate(videos):
     main_path, gif_path = output_paths(FLAGS.out, i if len(videos) > 1 else None)
     if main_path.endswith(".mp4"):
-      if media.save_mp4(main_path, video, fps=FLAGS.fps):
+      if media.save_mp4(main_path, video, fps=fps):
         written.append(main_path)
-    written.append(media.save_gif(gif_path, video, fps=FLAGS.fps))
+    written.append(media.save_gif(gif_path, video, fps=fps))
   main_path = fileio.as_path(FLAGS.out)
   stem = main_path.parent / main_path.name[:-len(main_path.suffix)]
   written.append(media.save_grid_png(f"{stem}.png", videos, prompts or None))

@@ -34,6 +34,7 @@ from starflow_jax.config import ModelConfig
 from starflow_jax.errors import UserError
 from starflow_jax.model import init_params
 from starflow_jax.text.encoder import TextEncoder, TextEncoderConfig
+from starflow_jax.text.t5 import T5Reference
 
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "model_config"
@@ -41,6 +42,7 @@ TEXT_ITEM = "text_config"
 AUTOENCODER_ITEM = "autoencoder_config"
 SAMPLING_ITEM = "sampling_defaults"
 NULL_ITEM = "null_condition"
+T5_ITEM = "t5_encoder"
 
 
 @dataclasses.dataclass
@@ -56,6 +58,8 @@ class ModelBundle:
   # The condition the model was trained to treat as "no prompt" when it is not the default rule
   # (`model.null_condition`): the text encoder's empty prompt for pre-encoded text, [L, txt_dim].
   null_condition: Any = None
+  # The frozen external text encoder the model reads prompts through (official models: Flan-T5).
+  t5: T5Reference | None = None
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -71,7 +75,8 @@ def save_model(directory: str,
                text_params=None,
                autoencoder_config: AutoencoderConfig | None = None,
                sampling_defaults: dict | None = None,
-               null_condition=None) -> str:
+               null_condition=None,
+               t5: T5Reference | None = None) -> str:
   """Writes a model directory (collectively in a multi-host run). Returns its path.
 
   `null_condition`: the model's own null condition [L, txt_dim] (see `ModelBundle`), if any.
@@ -88,6 +93,8 @@ def save_model(directory: str,
     items[AUTOENCODER_ITEM] = ocp.args.JsonSave(autoencoder_config.to_dict())
   if sampling_defaults:
     items[SAMPLING_ITEM] = ocp.args.JsonSave(dict(sampling_defaults))
+  if t5 is not None:
+    items[T5_ITEM] = ocp.args.JsonSave(t5.to_dict())
   if null_condition is not None:
     items[NULL_ITEM] = ocp.args.StandardSave({"embedding": np.asarray(null_condition, np.float32)})
   written = fileio.atomic_directory_write(directory,
@@ -102,7 +109,7 @@ def is_model_directory(path: fileio.PathLike) -> bool:
 
 
 def _read_json_items(path: epath.Path) -> dict:
-  names = [n for n in (CONFIG_ITEM, TEXT_ITEM, AUTOENCODER_ITEM, SAMPLING_ITEM) if (path / n).is_dir()]
+  names = [n for n in (CONFIG_ITEM, TEXT_ITEM, AUTOENCODER_ITEM, SAMPLING_ITEM, T5_ITEM) if (path / n).is_dir()]
   try:
     return _checkpointer().restore(path, ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in names}))
   except Exception as e:  # orbax raises a variety of errors for damaged directories
@@ -130,8 +137,9 @@ def load_bundle(path: fileio.PathLike) -> ModelBundle:
   if (path / NULL_ITEM).is_dir():
     restored = _checkpointer().restore(path, ocp.args.Composite(**{NULL_ITEM: ocp.args.StandardRestore()}))
     null = np.asarray(restored[NULL_ITEM]["embedding"])
+  t5 = T5Reference.from_dict(items[T5_ITEM]) if T5_ITEM in items else None
   return ModelBundle(config, params["model"], text_config, params.get("text"), ae_config,
-                     dict(items.get(SAMPLING_ITEM, {})), null)
+                     dict(items.get(SAMPLING_ITEM, {})), null, t5)
 
 
 def load_model(path: str):

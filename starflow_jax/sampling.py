@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from typing import Sequence
 
 import jax
@@ -42,6 +43,7 @@ from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.model import StarFlow
 from starflow_jax.rope import TokenGrid
 from starflow_jax.text.encoder import TextEncoder
+from starflow_jax.text.prompts import PromptTemplate, check_aspect_ratio
 
 Array = jnp.ndarray
 OFFICIAL_DENOISE_STEP = 0.3
@@ -61,6 +63,9 @@ class SamplingOptions:
   window: int | None = None
   context: int | None = None
   temperature: float = 1.0  # noise z ~ N(0, temperature^2): < 1 trades diversity for cleaner samples
+  fps: int = 0  # the clips' frame rate: in the prompt (prompt_template.fps) and the output files
+  aspect_ratio: str = "1:1"  # W:H of the samples, for models trained on mixed aspect ratios
+  prompt_template: PromptTemplate = PromptTemplate()  # how the model's captions were written
   progress: bool = True
 
   def validate(self) -> "SamplingOptions":
@@ -76,7 +81,24 @@ class SamplingOptions:
       raise UserError(f"window={self.window} must be >= 1 frame")
     if self.context is not None and self.window is not None and not 0 < self.context < self.window:
       raise UserError(f"context={self.context} must be in [1, window={self.window})")
+    if self.fps < 0:
+      raise UserError(f"fps={self.fps} must be >= 0")
+    check_aspect_ratio(self.aspect_ratio)
+    if self.aspect_ratio != "1:1" and not self.prompt_template.aspect_ratio:
+      raise UserError(f"aspect_ratio={self.aspect_ratio}: this model was trained on square clips only "
+                      "(no mixed aspect ratios, official mix_aspect=0); sample at 1:1")
     return self
+
+
+def latent_size(side: int, spatial_factor: int, patch_size: int, aspect_ratio: str) -> tuple[int, int]:
+  """(height, width) of the latents for `aspect_ratio` W:H at the area of the training `side`
+  (latent units), as the official `aspect_ratio_to_image_size`: pixel sides rounded to the
+  nearest multiple of spatial_factor x patch_size (Python's round, half to even)."""
+  rw, rh = (int(v) for v in aspect_ratio.split(":"))
+  ratio, area, multiple = rw / rh, float(side * spatial_factor)**2, spatial_factor * patch_size
+  height = int(round(math.sqrt(area / ratio) / multiple)) * multiple
+  width = int(round(math.sqrt(area * ratio) / multiple)) * multiple
+  return height // spatial_factor, width // spatial_factor
 
 
 def defaults_from_options(options: SamplingOptions, num_frames: int, latent_frames: int) -> dict:
@@ -94,9 +116,11 @@ def defaults_from_options(options: SamplingOptions, num_frames: int, latent_fram
       "num_frames": int(num_frames),
       "latent_frames": int(latent_frames)
   }
-  for name in ("denoise_step", "window", "context", "temperature"):  # only where not the default
+  for name in ("denoise_step", "window", "context", "temperature", "fps", "aspect_ratio"):  # where not the default
     if getattr(options, name) != getattr(base, name):
       defaults[name] = getattr(options, name)
+  if options.prompt_template.active:
+    defaults["prompt_template"] = options.prompt_template.to_dict()
   return defaults
 
 
@@ -112,9 +136,11 @@ def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
                                  max_iter=int(pick("jacobi_max_iter", base.max_iter)))
   stored = {
       name: defaults[name]
-      for name in ("denoise", "denoise_step", "context", "temperature")
+      for name in ("denoise", "denoise_step", "context", "temperature", "fps", "aspect_ratio")
       if name in defaults and name not in values
   }
+  if "prompt_template" not in values:
+    stored["prompt_template"] = PromptTemplate.from_dict(defaults.get("prompt_template", {}))
   return SamplingOptions(method=pick("method", "jacobi"),
                          guidance=float(pick("guidance", 0.0)),
                          jacobi=jacobi_options,
@@ -175,6 +201,19 @@ class VideoSampler:
                                 static_argnums=(2,))
     self._merge_frames = jax.jit(_merge_frames)
 
+  @property
+  def latent_size(self) -> tuple[int, int]:
+    """(height, width) of the sampled latents: the training size, or the options' aspect ratio."""
+    if self.options.aspect_ratio == "1:1" and not self.options.prompt_template.aspect_ratio:
+      return self.config.img_size, self.config.img_size
+    return latent_size(self.config.img_size, self.autoencoder.spatial_factor, self.config.patch_size,
+                       self.options.aspect_ratio)
+
+  @property
+  def pixel_size(self) -> tuple[int, int]:
+    """(height, width) of the generated frames."""
+    return tuple(side * self.autoencoder.spatial_factor for side in self.latent_size)
+
   def set_params(self, params, text_params=None) -> None:
     """Swaps in new parameters of the same shapes (e.g. during training): no recompilation."""
     self.params = self._replicate(params)
@@ -222,7 +261,16 @@ class VideoSampler:
   def _encode_text_impl(self, text_params, ids):
     return self.text_encoder.apply({"params": text_params}, ids)
 
-  def encode_prompts(self, prompts: Sequence[str]) -> tuple[Array | None, Array | None]:
+  def prompt_texts(self, prompts: Sequence[str], num_frames: int | None = None) -> tuple[list[str], list[str]]:
+    """(prompts, null prompts) as the text encoder reads them: the model's prompt template
+    (`SamplingOptions.prompt_template`) applied to each and to the empty null prompt; a clip of
+    one frame is an image (fps 0)."""
+    o = self.options
+    fps = 0 if num_frames == 1 or not self.config.is_video else o.fps
+    template = functools.partial(o.prompt_template.apply, fps=fps, noise_std=o.noise_std, aspect_ratio=o.aspect_ratio)
+    return template(prompts), template([""] * len(prompts))
+
+  def encode_prompts(self, prompts: Sequence[str], num_frames: int | None = None) -> tuple[Array | None, Array | None]:
     """(condition, null condition) for the prompts: built-in text encoder, or class labels."""
     cfg = self.config
     if cfg.conditioning is None:
@@ -230,10 +278,10 @@ class VideoSampler:
     if cfg.conditioning == "class":
       labels = np.asarray([int(p) for p in prompts], np.int32)
       return self.place(labels), self.place(np.full_like(labels, cfg.num_classes))
+    prompts, null_prompts = self.prompt_texts(prompts, num_frames)
     if self.text_encoder is None:
       if self.external_text_encoder is not None:
-        return (self.place(self.external_text_encoder(list(prompts))),
-                self.place(self.external_text_encoder([""] * len(prompts))))
+        return (self.place(self.external_text_encoder(prompts)), self.place(self.external_text_encoder(null_prompts)))
       raise UserError("this model directory has no built-in text encoder; give the encoder it was "
                       "trained with (--t5=DIR for Flan-T5) or pass text embeddings (cond=...)")
     tokenizer = self.bundle.text_config.tokenizer
@@ -247,7 +295,7 @@ class VideoSampler:
       logging.warning("words not in the model's vocabulary become <unk>: %s (known: %s)", unknown,
                       ", ".join(tokenizer.vocabulary))
     ids = self.place(np.asarray(tokenizer.encode_batch(list(prompts))))
-    null_ids = self.place(np.asarray(tokenizer.encode_batch([""] * len(prompts))))
+    null_ids = self.place(np.asarray(tokenizer.encode_batch(null_prompts)))
     return self._encode_text(self.text_params, ids), self._encode_text(self.text_params, null_ids)
 
   # ------------------------------------------------------------------ public API
@@ -269,7 +317,7 @@ class VideoSampler:
     """
     cfg = self.config
     if cond is None and prompts is not None:
-      cond, null_cond = self.encode_prompts(prompts)
+      cond, null_cond = self.encode_prompts(prompts, num_frames)
     if cfg.conditioning is not None and cond is None:
       raise UserError("the model is conditioned: give prompts (or cond embeddings)")
     batch = cond.shape[0] if cond is not None else batch_size
@@ -278,7 +326,8 @@ class VideoSampler:
     if num_frames < 1:
       raise UserError(f"num_frames={num_frames} must be >= 1")
     latent_frames = self.autoencoder.latent_frames(num_frames)
-    shape = (batch, latent_frames, cfg.img_size, cfg.img_size, cfg.in_channels)
+    height, width = self.latent_size
+    shape = (batch, latent_frames, height, width, cfg.in_channels)
     cond, null_cond = self.place(cond), self.place(null_cond)
     z = self.options.temperature * self._normal(seed, shape)
     prefix = None
@@ -300,7 +349,7 @@ class VideoSampler:
     if video.shape[0] != batch:
       raise UserError(f"the conditioning video has batch {video.shape[0]} but {batch} samples "
                       "are requested; give one clip, or one per sample")
-    expected = (self.config.img_size * self.autoencoder.spatial_factor,) * 2
+    expected = self.pixel_size
     if tuple(video.shape[2:4]) != expected:
       raise UserError(f"conditioning frames are {video.shape[2]}x{video.shape[3]} but the model "
                       f"generates {expected[0]}x{expected[1]}; resize them first")

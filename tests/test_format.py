@@ -12,7 +12,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def python_files() -> list[str]:
   """The repository's tracked Python files (or, outside a git checkout, every .py in the tree)."""
   try:
-    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+                            cwd=REPO,
+                            capture_output=True,
+                            text=True,
+                            check=True)
     return [os.path.join(REPO, name) for name in listed.stdout.split()]
   except (OSError, subprocess.CalledProcessError):
     return [

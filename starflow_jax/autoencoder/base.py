@@ -36,6 +36,9 @@ class AutoencoderConfig:
   decode_chunk: int = 8  # latent frames per decoder call for long videos (causal VAEs)
   encode_chunk: int = 4  # latent frames per encoder call (WAN: 4 pixel frames each)
   dtype: str = "float32"  # compute dtype of learned autoencoders ('bfloat16' on accelerators)
+  # Latent frames 1.. multiplied by this after normalisation, frame 0 (the image) left as it is:
+  # the official STARFlow-V recipe's WAN 2.2 latents ('Wan-AI/Wan2.2-TI2V-5B-Diffusers:0.6').
+  temporal_scale: float = 1.0
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -43,6 +46,22 @@ class AutoencoderConfig:
   @classmethod
   def from_dict(cls, d: dict) -> "AutoencoderConfig":
     return cls(**d)
+
+  def normalise(self, raw: jnp.ndarray) -> jnp.ndarray:
+    """The autoencoder's own latents [B, T, H, W, C] -> the flow's: (raw - shift) * scale, then
+    frames 1.. times temporal_scale."""
+    return scale_later_frames((raw - self.shift) * self.scale, self.temporal_scale)
+
+  def denormalise(self, latents: jnp.ndarray) -> jnp.ndarray:
+    """The inverse of `normalise`."""
+    return scale_later_frames(latents, 1.0 / self.temporal_scale) / self.scale + self.shift
+
+
+def scale_later_frames(latents: jnp.ndarray, factor: float) -> jnp.ndarray:
+  """Latent frames 1.. of [B, T, H, W, C] times `factor`; frame 0 and single frames unchanged."""
+  if factor == 1.0 or latents.ndim != 5 or latents.shape[1] < 2:
+    return latents
+  return jnp.concatenate([latents[:, :1], latents[:, 1:] * factor], axis=1)
 
 
 def _on_mesh(autoencoder, mesh, lazy: tuple[str, ...]):
@@ -76,10 +95,10 @@ class IdentityAutoencoder:
     return frames
 
   def encode(self, video: jnp.ndarray) -> jnp.ndarray:
-    return (video - self.config.shift) * self.config.scale
+    return self.config.normalise(video)
 
   def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
-    return latents / self.config.scale + self.config.shift
+    return self.config.denormalise(latents)
 
 
 class CausalVAEAutoencoder:
@@ -121,13 +140,13 @@ class CausalVAEAutoencoder:
   def encode(self, video: jnp.ndarray) -> jnp.ndarray:
     self._check(video.shape[1])
     raw = self.module.apply({"params": self.params}, video, method=self.module.encode)
-    return (raw - self.config.shift) * self.config.scale
+    return self.config.normalise(raw)
 
   def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
     """Latents -> pixels. Long videos are decoded in chunks of `decode_chunk` latent frames, each
     with DECODE_CONTEXT earlier latent frames in front (the decoder's whole causal receptive field),
     of which only the chunk's own pixel frames are kept: memory stays flat, results are exact."""
-    raw = latents / self.config.scale + self.config.shift
+    raw = self.config.denormalise(latents)
     t, chunk = raw.shape[1], max(1, self.config.decode_chunk)
     if t <= chunk + DECODE_CONTEXT:
       return self._decode_chunk(self.params, raw)
@@ -182,11 +201,10 @@ class WanAutoencoder:
     return (frames - 1) // self.temporal_factor + 1
 
   def encode(self, video: jnp.ndarray) -> jnp.ndarray:  # [B, T, H, W, 3] in [-1, 1]
-    raw = self.runner.normalise(self.runner.encode(video))
-    return (raw - self.config.shift) * self.config.scale
+    return self.config.normalise(self.runner.normalise(self.runner.encode(video)))
 
   def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
-    return self.runner.decode(self.runner.denormalise(latents / self.config.scale + self.config.shift))
+    return self.runner.decode(self.runner.denormalise(self.config.denormalise(latents)))
 
 
 class PretrainedLatentSpace:

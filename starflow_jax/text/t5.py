@@ -205,6 +205,36 @@ class T5Tokenizer:
     return ids, ids != PAD_ID
 
 
+@dataclasses.dataclass(frozen=True)
+class T5Reference:
+  """The frozen T5 / Flan-T5 encoder a model was trained with, as its model directory records it
+  (the weights stay in their own folder)."""
+
+  name: str  # as the official config names it, e.g. 'google/flan-t5-xl'
+  path: str  # a local Hugging Face folder with its weights and spiece.model ("": not given)
+  max_length: int  # tokens per prompt (official txt_size)
+  width: int  # hidden size d_model (the model's txt_dim)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "T5Reference":
+    return cls(**values)
+
+  def build(self, path: str | None = None) -> "T5TextEncoder":
+    """The encoder from `path` (default: the recorded folder), checked against the model's width."""
+    path = path or self.path
+    if not path:
+      raise UserError(f"this model reads prompts through {self.name}; give its Hugging Face folder "
+                      "(--t5=DIR)")
+    encoder = T5TextEncoder(path, self.max_length)
+    if encoder.config.d_model != self.width:
+      raise UserError(f"{path} is a T5 of width {encoder.config.d_model}, but the model was trained on "
+                      f"{self.name} of width {self.width} (model.txt_dim); give that encoder")
+    return encoder
+
+
 class T5TextEncoder:
   """Prompts -> embeddings [B, max_length, d_model] with a frozen Hugging Face T5 encoder."""
 

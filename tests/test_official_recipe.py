@@ -1,0 +1,221 @@
+"""Official YAML configs -> model directories sampled as the official sampler samples: the
+argument mapping, the prompt template, the WAN 2.2 frame-0 rule, aspect-ratio sizes, and the
+convert -> sample command line end to end (a tiny official-format checkpoint made here)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from PIL import Image
+from safetensors.numpy import save_file
+
+from starflow_jax import checkpoint
+from starflow_jax.autoencoder import AutoencoderConfig
+from starflow_jax.autoencoder.base import scale_later_frames
+from starflow_jax.errors import UserError
+from starflow_jax.interop import convert, official, official_recipe
+from starflow_jax.sampling import SamplingOptions, VideoSampler, latent_size, options_from_defaults
+from starflow_jax.text.prompts import PromptTemplate
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny video model in the official layout (configs/starflow-v_7B_t2v_caus_480p.yaml's fields).
+TINY_VIDEO_YAML = """arguments:
+- no_flip: 1
+- fsdp: 1
+- img_size: 8
+- vid_size: '5:16'
+- fps_cond: 1
+- channel_size: 3
+- patch_size: 2
+- channels: 32
+- top_block_channels: 64
+- blocks: 3
+- layers_per_block: 1 1 1
+- head_dim: 32
+- noise_std: 0.5
+- batch_size: 192
+- lr: 5e-5
+- nvp: 1
+- rope: 1
+- adaln: 0
+- sos: 1
+- seq_order: L2R
+- pt_seq_len: 4
+- mix_aspect: 0
+- use_softplus: 1
+- cond_top_only: 0
+- use_final_norm: 1
+- learnable_self_denoiser: 1
+- conditional_denoiser: 0
+- denoiser_window: 2
+- cond_noise_level: 1
+- temporal_causal: 1
+- shallow_block_local: 1
+- cfg: 2.5
+- drop_label: 0.1
+- grad_clip: 1
+- soft_clip: 4
+"""
+
+
+def write(path: str, text: str) -> str:
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+class RecipeTest(absltest.TestCase):
+
+  def test_the_official_video_layout_maps_to_model_sampling_and_template(self):
+    yaml_path = write(
+        os.path.join(self.create_tempdir().full_path, "c.yaml"),
+        TINY_VIDEO_YAML + "- vae: Wan-AI/Wan2.2-TI2V-5B-Diffusers:0.6\n- text: google/flan-t5-small\n"
+        "- txt_size: 6\n- mix_aspect: 1\n- img_size: 32\n- cond_top_only: 1\n")
+    recipe = official_recipe.read_recipe(yaml_path, vae_dir="/vae", t5_dir="/t5")
+    m = recipe.model
+    self.assertEqual((m.in_channels, m.img_size, m.patch_size, m.channels, m.top_block_channels), (3, 2, 2, 32, 64))
+    self.assertEqual((m.num_blocks, m.layers_per_block, m.temporal_causal, m.denoiser_window), (3, (1, 1, 1), 1, 2))
+    self.assertEqual((m.txt_size, m.txt_dim, m.cond_top_only, m.shallow_block_local), (6, 512, True, True))
+    self.assertEqual(recipe.autoencoder, AutoencoderConfig(kind="wan2.2", checkpoint="/vae", temporal_scale=0.6))
+    self.assertEqual((recipe.text_encoder.name, recipe.text_encoder.path, recipe.text_encoder.width),
+                     ("google/flan-t5-small", "/t5", 512))
+    d = recipe.sampling_defaults
+    self.assertEqual((d["num_frames"], d["latent_frames"], d["fps"], d["guidance"], d["noise_std"]),
+                     (5, 2, 16, 2.5, 0.5))
+    self.assertEqual((d["method"], d["jacobi_block_size"], d["jacobi_threshold"]), ("jacobi", 32, 1e-3))
+    self.assertEqual((d["denoise"], d["denoise_step"], d["window"], d["context"]), ("learned", 0.3, 2, 1))
+    self.assertEqual(d["prompt_template"], {"fps": True, "noise_level": True, "aspect_ratio": True})
+    self.assertEqual(d["aspect_ratio"], "16:9")
+    self.assertEqual(recipe.training_only,
+                     ("adaln", "batch_size", "drop_label", "fsdp", "grad_clip", "lr", "no_flip", "nvp"))
+    options = options_from_defaults(d)
+    self.assertEqual((options.fps, options.aspect_ratio, options.prompt_template),
+                     (16, "16:9", PromptTemplate(True, True, True)))
+
+  def test_what_is_not_supported_is_named(self):
+    tmp = self.create_tempdir().full_path
+    cases = [
+        ("- bogus_flag: 1\n", r"\['bogus_flag'\] are not known"),
+        ("- noise_embed_denoiser: 1\n", "noise_embed_denoiser=1 is not implemented"),
+        ("- vae: some/other-vae\n", "vae='some/other-vae' is not supported"),
+        ("- finetuned_vae: px82zaheuu\n", "fine-tuned VAE decoders are not supported"),
+        ("- text: gemma3_4b\n- txt_size: 4\n", "text='gemma3_4b' is not supported"),
+        ("- use_swiglu: 1\n", "use_swiglu"),
+    ]
+    for i, (extra, pattern) in enumerate(cases):
+      path = write(os.path.join(tmp, f"{i}.yaml"), TINY_VIDEO_YAML + extra)
+      with self.assertRaisesRegex(UserError, pattern):
+        official_recipe.read_recipe(path)
+    with self.assertRaisesRegex(UserError, "needs an 'arguments:' list"):
+      official_recipe.read_recipe(write(os.path.join(tmp, "flat.yaml"), "img_size: 8\n"))
+
+  def test_the_prompt_template_is_the_official_text(self):
+    template = PromptTemplate(fps=True, noise_level=True, aspect_ratio=True)
+    self.assertEqual(template.apply(["a cat", ""], fps=16, noise_std=0.5, aspect_ratio="16:9"), [
+        "Noise Level 500:\nA video with 16 fps:\na cat\n\n in a 16:9 aspect ratio.\n",
+        "Noise Level 500:\nA video with 16 fps:\n\n\n in a 16:9 aspect ratio.\n"
+    ])
+    self.assertEqual(template.apply(["a cat"], fps=0, noise_std=0.3, aspect_ratio="1:1"),
+                     ["Noise Level 300:\nAn image:\na cat\n\n in a 1:1 aspect ratio.\n"])
+    self.assertEqual(PromptTemplate(fps=True).apply(["x"], fps=8, noise_std=0.1), ["A video with 8 fps:\nx\n"])
+    self.assertEqual(PromptTemplate().apply(["x"], fps=8, noise_std=0.1), ["x"])
+    self.assertEqual(PromptTemplate(noise_level=True).apply(["x"], fps=0, noise_std=0.0285), ["Noise Level 28:\nx"])
+
+  def test_aspect_ratio_sizes_are_the_official_ones(self):
+    self.assertEqual(latent_size(40, 16, 1, "16:9"), (30, 53))  # 640 px, WAN 2.2: 480 x 848 px
+    self.assertEqual(latent_size(40, 16, 1, "9:16"), (53, 30))
+    self.assertEqual(latent_size(40, 16, 1, "1:1"), (40, 40))
+    self.assertEqual(latent_size(32, 8, 1, "3:2"), (26, 39))  # 256 px, SD-VAE: 209 -> 208, 313.5 -> 312
+    with self.assertRaisesRegex(UserError, "trained on square clips only"):
+      SamplingOptions(aspect_ratio="16:9").validate()
+
+  def test_wan22_temporal_scale_leaves_frame_zero(self):
+    config = AutoencoderConfig(temporal_scale=0.6, scale=2.0, shift=0.5)
+    raw = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 5))
+    latents = config.normalise(raw)
+    np.testing.assert_array_equal(latents[:, 0], (raw[:, 0] - 0.5) * 2.0)
+    np.testing.assert_allclose(latents[:, 1:], (raw[:, 1:] - 0.5) * 2.0 * 0.6, rtol=1e-6)
+    np.testing.assert_allclose(config.denormalise(latents), raw, rtol=1e-5, atol=1e-6)
+    image = raw[:, :1]
+    np.testing.assert_array_equal(config.normalise(image), (image - 0.5) * 2.0)  # images: unscaled
+    np.testing.assert_array_equal(scale_later_frames(raw, 1.0), raw)
+
+
+class TemplatedPromptsTest(absltest.TestCase):
+
+  def test_the_text_encoder_reads_the_templated_prompt_and_null(self):
+    config = helpers.tiny_video_config()
+    bundle = checkpoint.ModelBundle(config, helpers.random_params(config))
+    seen = []
+
+    def encoder(prompts):
+      seen.append(list(prompts))
+      return jnp.zeros((len(prompts), config.txt_size, config.txt_dim))
+
+    options = SamplingOptions(method="sequential",
+                              guidance=1.0,
+                              noise_std=0.25,
+                              fps=16,
+                              progress=False,
+                              prompt_template=PromptTemplate(fps=True, noise_level=True))
+    sampler = VideoSampler(bundle, options, text_encoder=encoder)
+    sampler.generate(["a dog"], num_frames=2)
+    sampler.generate(["a dog"], num_frames=1)
+    self.assertEqual(
+        seen, [["Noise Level 250:\nA video with 16 fps:\na dog\n"], ["Noise Level 250:\nA video with 16 fps:\n\n"],
+               ["Noise Level 250:\nAn image:\na dog\n"], ["Noise Level 250:\nAn image:\n\n"]])
+
+
+class ConvertAndSampleTest(absltest.TestCase):
+
+  def test_official_yaml_and_weights_to_video_from_the_command_line(self):
+    tmp = self.create_tempdir().full_path
+    yaml_path = write(os.path.join(tmp, "tiny.yaml"), TINY_VIDEO_YAML)
+    recipe = official_recipe.read_recipe(yaml_path)
+    config = recipe.model
+    weights = os.path.join(tmp, "tiny.safetensors")
+    save_file(official.export_official(config, helpers.random_params(config)), weights)
+    model_dir = os.path.join(tmp, "model")
+    self.assertEqual(convert.main(["official-to-jax", "--yaml", yaml_path, "--weights", weights, "--out", model_dir]),
+                     0)
+    bundle = checkpoint.load_bundle(model_dir)
+    self.assertEqual(bundle.config, config)
+    self.assertEqual(bundle.sampling_defaults, recipe.sampling_defaults)
+    image = os.path.join(tmp, "in.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 20, 3), np.uint8)).save(image)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for mode, extra in (("t2v", []), ("i2v", ["--mode=i2v", f"--input={image}"])):
+      out = os.path.join(tmp, f"{mode}.gif")
+      proc = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={model_dir}", f"--out={out}"] +
+                            extra,
+                            cwd=REPO,
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=600)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+      gif = Image.open(out)
+      self.assertEqual(gif.n_frames, 5)  # vid_size '5:16', pixel space
+      self.assertAlmostEqual(gif.info["duration"], 1000 / 16, delta=10)  # the recipe's fps (GIF: 10 ms units)
+      self.assertEqual(gif.size[1] % 8, 0)
+
+  def test_yaml_route_errors(self):
+    tmp = self.create_tempdir().full_path
+    yaml_path = write(os.path.join(tmp, "tiny.yaml"), TINY_VIDEO_YAML)
+    with self.assertRaisesRegex(UserError, "one of them"):
+      convert.official_to_jax("w.safetensors", "c.json", os.path.join(tmp, "o"), yaml_path=yaml_path)
+    with self.assertRaisesRegex(UserError, "go with --yaml"):
+      convert.official_to_jax("w.safetensors", "c.json", os.path.join(tmp, "o"), vae="/vae")
+    with self.assertRaisesRegex(UserError, "not a Hugging Face T5 folder"):
+      convert.read_recipe(yaml_path, t5=tmp)
+    self.assertFalse(os.path.exists(os.path.join(tmp, "o")))
+
+
+if __name__ == "__main__":
+  absltest.main()
