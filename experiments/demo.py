@@ -9,7 +9,6 @@
    writes MP4, GIF and a PNG grid for each into OUT_DIR/samples.
 """
 
-import json
 import os
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from experiments.cli import setup_logging
 from experiments.configs import tiny_video
-from starflow_jax import checkpoint, media, metrics, train_loop
+from starflow_jax import checkpoint, fileio, media, metrics, train_loop
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 
 FLAGS = flags.FLAGS
@@ -94,8 +93,8 @@ def main(argv):
     print(f"sample:           {path}")
   print("sample more: python -m experiments.sample --workdir=" + workdir +
         " --prompt='a blue circle moving up' --out=my_clip.mp4")
-  with open(os.path.join(FLAGS.out_dir, "summary.json"), "w") as f:
-    json.dump({"train_minutes": train_seconds / 60, "final": final, "samples": written}, f, indent=1)
+  summary = {"train_minutes": train_seconds / 60, "final": final, "samples": written}
+  fileio.write_json(os.path.join(FLAGS.out_dir, "summary.json"), summary, overwrite=True)
 
 
 if __name__ == "__main__":

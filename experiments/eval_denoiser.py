@@ -21,7 +21,7 @@ import numpy as np
 
 from data_pipeline import sources
 from experiments.cli import setup_logging
-from starflow_jax import checkpoint, image_metrics, losses, media
+from starflow_jax import checkpoint, fileio, image_metrics, losses, media
 from starflow_jax.model import StarFlow
 from starflow_jax.sampling import OFFICIAL_DENOISE_STEP, SamplingOptions, VideoSampler
 from data_pipeline.pixels import pixels_to_unit
@@ -150,8 +150,10 @@ def main(argv):
   labels = [n for _ in range(len(pictures["clean"])) for n in names]
   out = FLAGS.out or os.path.join(FLAGS.workdir, "denoiser_ablation.png")
   print("\nwrote", media.save_grid_png(out, grid, labels))
-  with open(os.path.splitext(out)[0] + ".json", "w") as f:
-    json.dump({k: v for k, v in result.items() if k != "pictures"}, f, indent=1)
+  fileio.write_json(os.path.splitext(out)[0] + ".json", {
+      k: v for k, v in result.items() if k != "pictures"
+  },
+                    overwrite=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 from data_pipeline import shapes_score, sources
 from data_pipeline.shapes import DIRECTIONS
 from experiments.cli import setup_logging
-from starflow_jax import checkpoint, media
+from starflow_jax import checkpoint, fileio, media
 from starflow_jax.errors import UserError
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 from data_pipeline.pixels import pixels_to_unit
@@ -100,8 +100,7 @@ def main(argv):
   r = report["samples"]
   print(f"{'chance':12s} {'':6s} {'':8s} {r['colour_chance']:8.2f} {r['direction_chance']:10.2f}")
   out = FLAGS.out or os.path.join(FLAGS.workdir, "sample_scores.json")
-  with open(out, "w") as f:
-    json.dump(report, f, indent=1)
+  fileio.write_json(out, report, overwrite=True)
   print("wrote", out)
 
 

@@ -6,7 +6,6 @@ Writes WORKDIR/autoencoder (use it with --config.autoencoder.kind=causal_vae
 --config.autoencoder.checkpoint=WORKDIR/autoencoder) and WORKDIR/vae_report.json.
 """
 
-import json
 import os
 import time
 
@@ -21,7 +20,7 @@ import tqdm
 
 from data_pipeline import pipeline, sources
 from experiments.cli import setup_logging
-from starflow_jax import image_metrics
+from starflow_jax import fileio, image_metrics
 from starflow_jax.autoencoder import causal_vae, vae_checkpoint
 from starflow_jax.errors import UserError
 from data_pipeline.pixels import pixels_to_unit
@@ -93,8 +92,7 @@ def train_vae(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "params": params
                 }, sample[:1], method=module.encode).shape[1:]))
   vae_checkpoint.save(out_dir, vae_config, params, report)
-  with open(os.path.join(workdir, "vae_report.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  fileio.write_json(os.path.join(workdir, "vae_report.json"), report, overwrite=True)
   return report
 
 
