@@ -62,11 +62,20 @@ def define_flags():
   flags.DEFINE_string(
       "aspect_ratio", None, "W:H of the samples (1:1, 16:9, 9:16, ...), for models trained on "
       "mixed aspect ratios (default: the model directory's)")
+  flags.DEFINE_float("attn_temp", None, "softmax temperature of the flow's attention while inverting (official "
+                     "--attn_temp; default 1)")
+  flags.DEFINE_integer("guide_top", None, "guide the deep block only (official --guide_top: any value)")
   flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
   flags.DEFINE_bool(
       "arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
       "[-1, 1] (OUT.npz, key 'videos'), for metrics without GIF/MP4 quantisation")
   flags.DEFINE_bool("multihost", False, "run on every host of a multi-host job (jax.distributed)")
+  # The official sampler's names for the same settings.
+  flags.DEFINE_alias("target_length", "num_frames")
+  flags.DEFINE_alias("context_length", "context")
+  flags.DEFINE_alias("cfg", "guidance")
+  flags.DEFINE_alias("out_fps", "fps")
+  flags.DEFINE_alias("input_image", "input")
   cli.define_launch_flags()
   flags.mark_flag_as_required("workdir")
 
@@ -147,6 +156,8 @@ def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
                                window=FLAGS.window,
                                context=FLAGS.context,
                                fps=FLAGS.fps,
+                               attn_temp=FLAGS.attn_temp,
+                               guide_top=FLAGS.guide_top,
                                aspect_ratio=FLAGS.aspect_ratio)
 
 

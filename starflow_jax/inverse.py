@@ -23,7 +23,7 @@ from typing import Protocol
 import jax
 import jax.numpy as jnp
 
-from starflow_jax import decoding, jacobi, model as model_lib, tokens
+from starflow_jax import decoding, jacobi, layers, model as model_lib, tokens
 from starflow_jax.config import ModelConfig
 from starflow_jax.flow import FlowBlock
 from starflow_jax.jacobi import JacobiOptions
@@ -66,12 +66,21 @@ def guided_condition(config: ModelConfig,
   return jnp.concatenate([cond, null], axis=0), guidance
 
 
-def shallow_inverse(config: ModelConfig, params, h: Array, grid: TokenGrid, deep_cond: Array | None, guidance: float,
-                    block_inverse: BlockInverse) -> Array:
+def shallow_inverse(config: ModelConfig,
+                    params,
+                    h: Array,
+                    grid: TokenGrid,
+                    deep_cond: Array | None,
+                    guidance: float,
+                    block_inverse: BlockInverse,
+                    guide_top: bool = False) -> Array:
   """The shallow blocks' inverses in reverse order on the deep block's output h [B, T, N, D]
   (`grid` its T frames; one frame at a time for a frame-by-frame scheduler). `deep_cond` and
-  `guidance` as returned by `guided_condition`."""
+  `guidance` as returned by `guided_condition`. guide_top: guidance in the deep block only (the
+  official `guide_top`: conditioned shallow blocks then see the condition unguided)."""
   b, t, n, d = h.shape
+  if guide_top and guidance > 0:
+    deep_cond, guidance = deep_cond[:b], 0.0
   shallow_cond = None if config.cond_top_only else deep_cond
   shallow_guidance = 0.0 if config.cond_top_only else guidance
   s_grid = model_lib.shallow_grid(config, grid)
@@ -96,11 +105,16 @@ def invert(config: ModelConfig,
            guidance: float = 0.0,
            null_cond: Array | None = None,
            block_inverse: BlockInverse = decoding.sequential_inverse,
-           prefix: Array | None = None) -> Array:
+           prefix: Array | None = None,
+           guide_top: bool = False,
+           attn_temp: float = 1.0) -> Array:
   """Noise z (latent layout [B, H, W, C] or [B, T, H, W, C]) -> latents x, inverting every block.
 
   prefix: latents of the first Tp frames [B, Tp, H, W, C] (image-to-video, continuation), kept.
-  Jit it with `config`, `guidance` and `block_inverse` static (`sample_sequential`, `sample_jacobi`).
+  guide_top: guidance in the deep block only. attn_temp: softmax temperature of every attention
+  of the inversion (not of the prefix's forward pass), as the official --attn_temp.
+  Jit it with `config`, `guidance`, `block_inverse`, `guide_top` and `attn_temp` static
+  (`sample_sequential`, `sample_jacobi`).
   """
   video, is_image = tokens.as_video(z)
   z_tok, grid = tokens.patchify(video, config.patch_size)  # [B, T, N, D]
@@ -109,6 +123,17 @@ def invert(config: ModelConfig,
   given = None
   if prefix is not None:
     given = prefix_tokens(config, params, prefix, cond).reshape(b, -1, d)  # [B, Tp*N, D]
+  with layers.attention_temperature(attn_temp):
+    h = _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_inverse, given, guide_top)
+  x = tokens.unpatchify(h, grid, config.patch_size)
+  if prefix is not None:
+    x = x.at[:, :prefix.shape[1]].set(prefix)
+  return x[:, 0] if is_image else x
+
+
+def _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_inverse, given, guide_top):
+  """The deep block's inverse, then the shallow blocks': noise tokens [B, T, N, D] -> tokens."""
+  b, t, n, d = z_tok.shape
   h = block_inverse(model_lib.deep_block(config),
                     model_lib.deep_params(params),
                     z_tok.reshape(b, t * n, d),
@@ -116,28 +141,35 @@ def invert(config: ModelConfig,
                     deep_cond,
                     deep_guidance,
                     given=given)
-  h = shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse)
-  x = tokens.unpatchify(h, grid, config.patch_size)
-  if prefix is not None:
-    x = x.at[:, :prefix.shape[1]].set(prefix)
-  return x[:, 0] if is_image else x
+  return shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse,
+                         guide_top)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "guidance"))
+@functools.partial(jax.jit, static_argnames=("config", "guidance", "guide_top", "attn_temp"))
 def sample_sequential(config: ModelConfig,
                       params,
                       z: Array,
                       cond: Array | None = None,
                       guidance: float = 0.0,
                       null_cond: Array | None = None,
-                      prefix: Array | None = None) -> Array:
+                      prefix: Array | None = None,
+                      guide_top: bool = False,
+                      attn_temp: float = 1.0) -> Array:
   """Compiled `invert` with token-by-token decoding of every block."""
-  return invert(config, params, z, cond, guidance=guidance, null_cond=null_cond, prefix=prefix)
+  return invert(config,
+                params,
+                z,
+                cond,
+                guidance=guidance,
+                null_cond=null_cond,
+                prefix=prefix,
+                guide_top=guide_top,
+                attn_temp=attn_temp)
 
 
 @functools.partial(jax.jit,
                    static_argnames=("config", "guidance", "block_size", "threshold", "max_iter", "later_block_size",
-                                    "video_init", "reference_compatible"))
+                                    "video_init", "reference_compatible", "guide_top", "attn_temp"))
 def sample_jacobi(config: ModelConfig,
                   params,
                   z: Array,
@@ -151,7 +183,9 @@ def sample_jacobi(config: ModelConfig,
                   max_iter: int = 32,
                   later_block_size: int | None = None,
                   video_init: bool = True,
-                  reference_compatible: bool | None = None) -> Array:
+                  reference_compatible: bool | None = None,
+                  guide_top: bool = False,
+                  attn_temp: float = 1.0) -> Array:
   """Compiled `invert` with Jacobi decoding of every block (the official `jacobi=True`).
 
   reference_compatible defaults to True here so results match the official sampler.
@@ -169,4 +203,6 @@ def sample_jacobi(config: ModelConfig,
                 guidance=guidance,
                 null_cond=null_cond,
                 prefix=prefix,
-                block_inverse=block_inverse_for(options))
+                block_inverse=block_inverse_for(options),
+                guide_top=guide_top,
+                attn_temp=attn_temp)

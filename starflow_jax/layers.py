@@ -9,6 +9,8 @@ rotated by RoPE, so decoding functions stay pure and jit/while_loop friendly.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +25,19 @@ KVCache = dict[str, Array]
 LAYER_NORM_EPS = 1e-5  # PyTorch default, used by the official LayerNorm
 RMS_NORM_EPS = 1e-6
 NEG_INF = attention.NEG_INF
+_ATTENTION_TEMPERATURE = contextvars.ContextVar("attention_temperature", default=1.0)
+
+
+@contextlib.contextmanager
+def attention_temperature(temperature: float):
+  """Every attention traced inside divides its logits by `temperature` (the official sampler's
+  --attn_temp: softmax(q k^T / (sqrt(d) * temperature))). A trace-time setting: enter it inside
+  the function that is jitted, so each compiled program has its own."""
+  token = _ATTENTION_TEMPERATURE.set(float(temperature))
+  try:
+    yield
+  finally:
+    _ATTENTION_TEMPERATURE.reset(token)
 
 
 def dense_init(scale: float = 0.02):
@@ -123,6 +138,9 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q = rope.apply_rope(q, cos, sin)
     k = rope.apply_rope(k, cos, sin)
+    temperature = _ATTENTION_TEMPERATURE.get()
+    if temperature != 1.0:  # logits / temperature, as q / temperature (RoPE is linear)
+      q = q * jnp.asarray(1.0 / temperature, q.dtype)
     if cache is not None:
       cache_index = jnp.asarray(cache_index, jnp.int32)
       zero = jnp.zeros((), jnp.int32)

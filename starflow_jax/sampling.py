@@ -34,7 +34,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from starflow_jax import decoding, distributed, inverse, jacobi, losses, model as model_lib, sharding, tokens
+from starflow_jax import decoding, distributed, inverse, jacobi, layers, losses, model as model_lib, sharding, tokens
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.decoding import DecodeState
@@ -66,6 +66,8 @@ class SamplingOptions:
   fps: int = 0  # the clips' frame rate: in the prompt (prompt_template.fps) and the output files
   aspect_ratio: str = "1:1"  # W:H of the samples, for models trained on mixed aspect ratios
   prompt_template: PromptTemplate = PromptTemplate()  # how the model's captions were written
+  attn_temp: float = 1.0  # softmax temperature of the inversion's attention (official --attn_temp)
+  guide_top: int | None = None  # official --guide_top: any value guides the deep block only
   progress: bool = True
 
   def validate(self) -> "SamplingOptions":
@@ -81,6 +83,8 @@ class SamplingOptions:
       raise UserError(f"window={self.window} must be >= 1 frame")
     if self.context is not None and self.window is not None and not 0 < self.context < self.window:
       raise UserError(f"context={self.context} must be in [1, window={self.window})")
+    if self.attn_temp <= 0:
+      raise UserError(f"attn_temp={self.attn_temp} must be > 0")
     if self.fps < 0:
       raise UserError(f"fps={self.fps} must be >= 0")
     check_aspect_ratio(self.aspect_ratio)
@@ -116,7 +120,8 @@ def defaults_from_options(options: SamplingOptions, num_frames: int, latent_fram
       "num_frames": int(num_frames),
       "latent_frames": int(latent_frames)
   }
-  for name in ("denoise_step", "window", "context", "temperature", "fps", "aspect_ratio"):  # where not the default
+  for name in ("denoise_step", "window", "context", "temperature", "fps", "aspect_ratio", "attn_temp",
+               "guide_top"):  # where not the default
     if getattr(options, name) != getattr(base, name):
       defaults[name] = getattr(options, name)
   if options.prompt_template.active:
@@ -136,7 +141,7 @@ def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
                                  max_iter=int(pick("jacobi_max_iter", base.max_iter)))
   stored = {
       name: defaults[name]
-      for name in ("denoise", "denoise_step", "context", "temperature", "fps", "aspect_ratio")
+      for name in ("denoise", "denoise_step", "context", "temperature", "fps", "aspect_ratio", "attn_temp", "guide_top")
       if name in defaults and name not in values
   }
   if "prompt_template" not in values:
@@ -148,6 +153,19 @@ def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
                          window=pick("window", defaults.get("latent_frames", defaults.get("num_frames"))),
                          **stored,
                          **values)
+
+
+def _under_attention_temperature(temperature: float, fn):
+  """`fn` tracing its attention at `temperature` (1: unchanged)."""
+  if temperature == 1.0:
+    return fn
+
+  @functools.wraps(fn)
+  def tempered(*args, **kwargs):
+    with layers.attention_temperature(temperature):
+      return fn(*args, **kwargs)
+
+  return tempered
 
 
 class VideoSampler:
@@ -188,12 +206,16 @@ class VideoSampler:
     # Compiled pieces: one compile per distinct static shape, reused for every frame and window.
     # Parameters are arguments (never compile-time constants), so `set_params` reuses them all.
     self._encode_text = jax.jit(self._encode_text_impl)
-    self._start = jax.jit(self._start_impl, static_argnums=(3, 4))
-    self._prefill = jax.jit(self._prefill_impl, static_argnums=(3,), donate_argnums=(1,))
-    self._run = jax.jit(self._run_impl, static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
-    self._reencode = jax.jit(self._reencode_impl, static_argnums=(4, 5), donate_argnums=(1,))
+    # The inversion's pieces trace under the options' attention temperature, as `inverse.invert`
+    # (the shallow forward of prefix frames, `_prefix_tokens`, does not; their deep-block cache
+    # entries are written under it, where the official computes its I2V context at temperature 1).
+    tempered = functools.partial(_under_attention_temperature, options.attn_temp)
+    self._start = jax.jit(tempered(self._start_impl), static_argnums=(3, 4))
+    self._prefill = jax.jit(tempered(self._prefill_impl), static_argnums=(3,), donate_argnums=(1,))
+    self._run = jax.jit(tempered(self._run_impl), static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
+    self._reencode = jax.jit(tempered(self._reencode_impl), static_argnums=(4, 5), donate_argnums=(1,))
     self._frame_tokens = jax.jit(self._frame_tokens_impl, static_argnums=(2, 3))
-    self._shallow = jax.jit(self._shallow_impl, static_argnums=(3, 4))
+    self._shallow = jax.jit(tempered(self._shallow_impl), static_argnums=(3, 4))
     self._prefix_tokens = jax.jit(functools.partial(inverse.prefix_tokens, self.config))
     self._denoiser = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c, method=StarFlow.denoise))
     self._score_step = jax.jit(self._score_step_impl)
@@ -281,7 +303,8 @@ class VideoSampler:
     prompts, null_prompts = self.prompt_texts(prompts, num_frames)
     if self.text_encoder is None:
       if self.external_text_encoder is not None:
-        return (self.place(self.external_text_encoder(prompts)), self.place(self.external_text_encoder(null_prompts)))
+        encode = self.external_text_encoder
+        return self._checked_embeddings(encode(prompts)), self._checked_embeddings(encode(null_prompts))
       raise UserError("this model directory has no built-in text encoder; give the encoder it was "
                       "trained with (--t5=DIR for Flan-T5) or pass text embeddings (cond=...)")
     tokenizer = self.bundle.text_config.tokenizer
@@ -297,6 +320,15 @@ class VideoSampler:
     ids = self.place(np.asarray(tokenizer.encode_batch(list(prompts))))
     null_ids = self.place(np.asarray(tokenizer.encode_batch(null_prompts)))
     return self._encode_text(self.text_params, ids), self._encode_text(self.text_params, null_ids)
+
+  def _checked_embeddings(self, embeddings) -> Array:
+    """An external text encoder's output, placed, after checking it is what the model reads."""
+    want = (self.config.txt_size, self.config.txt_dim)
+    if tuple(embeddings.shape[1:]) != want:
+      raise UserError(f"the text encoder gives embeddings of [tokens, width] = {list(embeddings.shape[1:])} but "
+                      f"the model reads {list(want)} (model.txt_size, model.txt_dim); use the encoder it was "
+                      "trained with")
+    return self.place(embeddings)
 
   # ------------------------------------------------------------------ public API
   def generate(self,
@@ -462,7 +494,8 @@ class VideoSampler:
     return tokens.unpermute(x, self.deep.order, n)
 
   def _shallow_impl(self, params, h, deep_cond, grid, guidance):
-    return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, self.block_inverse)
+    return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, self.block_inverse,
+                                   self.options.guide_top is not None)
 
   def _score_step_impl(self, params, x, cond, sigma):
 

@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +60,27 @@ class CachedAttentionTest(absltest.TestCase):
       y, cache = attn.apply(params, x[:, i:i + 1], cos[i:i + 1], sin[i:i + 1], None, cache, i)
       steps.append(y)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+
+  def test_attention_temperature_divides_the_logits(self):
+    """Under attention_temperature(t) the logits are q k^T / (sqrt(d) t): the same as the query
+    projection scaled by 1/t (RoPE is linear); it applies only inside the context."""
+    m, width, heads, head_dim, t = 5, 32, 2, 16, 0.7
+    attn = layers.Attention(heads, head_dim)
+    x = 30.0 * jax.random.normal(jax.random.PRNGKey(0), (2, m, width))  # logits of order 1 at init
+    cos, sin = (jnp.asarray(v) for v in rope.rope_table(rope.TokenGrid(1, 1, m), 0, m, head_dim, "2d"))
+    params = nn.unbox(attn.init(jax.random.PRNGKey(1), x, cos, sin, attention.CausalMask()))
+    qkv = params["params"]["qkv"]
+    scaled = {"kernel": qkv["kernel"].at[:, 0].multiply(1 / t), "bias": qkv["bias"].at[0].multiply(1 / t)}
+    cooler = {"params": {**params["params"], "qkv": scaled}}
+    plain, _ = attn.apply(params, x, cos, sin, attention.CausalMask())
+    with layers.attention_temperature(t):
+      hot, _ = attn.apply(params, x, cos, sin, attention.CausalMask())
+    with layers.attention_temperature(1.0):
+      same, _ = attn.apply(params, x, cos, sin, attention.CausalMask())
+    np.testing.assert_allclose(hot, attn.apply(cooler, x, cos, sin, attention.CausalMask())[0], atol=1e-5)
+    self.assertGreater(float(jnp.abs(hot - plain).max()), 1e-3)
+    np.testing.assert_array_equal(same, plain)
+    np.testing.assert_array_equal(attn.apply(params, x, cos, sin, attention.CausalMask())[0], plain)  # reset
 
   def test_attend_masks_exactly(self):
     """A masked-out key has no influence at all (its value may be anything)."""

@@ -167,6 +167,9 @@ class TemplatedPromptsTest(absltest.TestCase):
     sampler = VideoSampler(bundle, options, text_encoder=encoder)
     sampler.generate(["a dog"], num_frames=2)
     sampler.generate(["a dog"], num_frames=1)
+    wrong = VideoSampler(bundle, options, text_encoder=lambda p: jnp.zeros((len(p), config.txt_size, 3)))
+    with self.assertRaisesRegex(UserError, r"embeddings of \[tokens, width\] = \[3, 3\] but the model reads \[3, 8\]"):
+      wrong.generate(["a dog"], num_frames=2)
     self.assertEqual(
         seen, [["Noise Level 250:\nA video with 16 fps:\na dog\n"], ["Noise Level 250:\nA video with 16 fps:\n\n"],
                ["Noise Level 250:\nAn image:\na dog\n"], ["Noise Level 250:\nAn image:\n\n"]])
@@ -190,7 +193,9 @@ class ConvertAndSampleTest(absltest.TestCase):
     image = os.path.join(tmp, "in.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 20, 3), np.uint8)).save(image)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    for mode, extra in (("t2v", []), ("i2v", ["--mode=i2v", f"--input={image}"])):
+    # T2V past the training length (the official --target_length: the window slides), and I2V.
+    for mode, extra, frames in (("t2v", ["--target_length=7"], 7), ("i2v", ["--mode=i2v",
+                                                                            f"--input_image={image}"], 5)):
       out = os.path.join(tmp, f"{mode}.gif")
       proc = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={model_dir}", f"--out={out}"] +
                             extra,
@@ -201,7 +206,7 @@ class ConvertAndSampleTest(absltest.TestCase):
                             timeout=600)
       self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
       gif = Image.open(out)
-      self.assertEqual(gif.n_frames, 5)  # vid_size '5:16', pixel space
+      self.assertEqual(gif.n_frames, frames)  # default: vid_size '5:16', pixel space
       self.assertAlmostEqual(gif.info["duration"], 1000 / 16, delta=10)  # the recipe's fps (GIF: 10 ms units)
       self.assertEqual(gif.size[1] % 8, 0)
 

@@ -187,8 +187,16 @@ class OneInverseTest(absltest.TestCase):
   def _assert_sampler_equals_invert(self, bundle, cond, null, options: SamplingOptions, z, prefix=None):
     sampler = VideoSampler(bundle, dataclasses.replace(options, denoise="none", progress=False))
     block_inverse = inverse.block_inverse_for(sampler.jacobi_options)
-    invert = jax.jit(lambda p, z, c, n, x: inverse.invert(
-        bundle.config, p, z, c, guidance=options.guidance, null_cond=n, block_inverse=block_inverse, prefix=x))
+    invert = jax.jit(lambda p, z, c, n, x: inverse.invert(bundle.config,
+                                                          p,
+                                                          z,
+                                                          c,
+                                                          guidance=options.guidance,
+                                                          null_cond=n,
+                                                          block_inverse=block_inverse,
+                                                          prefix=x,
+                                                          guide_top=options.guide_top is not None,
+                                                          attn_temp=options.attn_temp))
     want = invert(bundle.params, z, cond, null, prefix)
     got = sampler.sample_latents(z, cond, null, prefix)
     pipelined = bundle.config.shallow_block_local and not (sampler.jacobi_options is not None and
@@ -278,6 +286,31 @@ class OneInverseTest(absltest.TestCase):
                               block_inverse=guide_deep_block_only)
     self.assertGreater(float(jnp.abs(unguided - got).max()), 1e-3)
 
+    # guide_top (any value, as officially): the deep block guided, the shallow blocks not.
+    top = self._assert_sampler_equals_invert(bundle, cond, null,
+                                             SamplingOptions(method="sequential", guidance=2.0, guide_top=1), z)
+    # (`unguided` ran op by op, the sampler compiled: equal to float32 rounding, as in test_jacobi)
+    np.testing.assert_allclose(top, unguided, rtol=0, atol=4e-6 * float(jnp.abs(unguided).max()))
+    self.assertGreater(float(jnp.abs(top - got).max()), 1e-3)
+
+  def test_attention_temperature_is_the_inverse_s(self):
+    """attn_temp: the sampler's inversion and `inverse.invert` at the same temperature agree
+    (sequential and Jacobi, with a prefix), and the temperature changes the video."""
+    jacobi = JacobiOptions(block_size=4, threshold=0.0, max_iter=16)
+    for options in (SamplingOptions(method="sequential", guidance=1.5, attn_temp=0.8),
+                    SamplingOptions(method="jacobi", guidance=1.5, attn_temp=0.8, jacobi=jacobi)):
+      with self.subTest(method=options.method):
+        hot = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null, options, self.z)
+        cold = self._assert_sampler_equals_invert(self.bundle, self.cond, self.null,
+                                                  dataclasses.replace(options, attn_temp=1.0), self.z)
+        self.assertGreater(float(jnp.abs(hot - cold).max()), 1e-3)
+    self._assert_sampler_equals_invert(self.bundle,
+                                       self.cond,
+                                       self.null,
+                                       SamplingOptions(method="sequential", guidance=1.5, attn_temp=0.8),
+                                       self.z,
+                                       prefix=cold[:, :1])
+
 
 class OptionsFromDefaultsTest(absltest.TestCase):
 
@@ -300,6 +333,29 @@ class OptionsFromDefaultsTest(absltest.TestCase):
     self.assertEqual(options_from_defaults({"num_frames": 4}).window, 4)  # pixel-space model directories
     with self.assertRaises(TypeError):
       options_from_defaults(defaults, not_an_option=1)
+
+  def test_options_survive_the_model_directory(self):
+    """Every option a model directory records reads back as it was written."""
+    from starflow_jax.sampling import defaults_from_options, options_from_defaults
+    from starflow_jax.text.prompts import PromptTemplate
+    options = SamplingOptions(method="sequential",
+                              guidance=3.5,
+                              jacobi=JacobiOptions(block_size=32, threshold=1e-3, max_iter=20),
+                              denoise="learned",
+                              denoise_step=0.3,
+                              noise_std=0.5,
+                              window=21,
+                              context=16,
+                              temperature=0.9,
+                              fps=16,
+                              aspect_ratio="16:9",
+                              prompt_template=PromptTemplate(fps=True, noise_level=True, aspect_ratio=True),
+                              attn_temp=0.8,
+                              guide_top=1).validate()
+    back = options_from_defaults(defaults_from_options(options, 81, 21))
+    self.assertEqual(back, options)
+    self.assertEqual(options_from_defaults(defaults_from_options(SamplingOptions(), 1, 1), window=None),
+                     dataclasses.replace(SamplingOptions(), window=1))
 
   def test_the_experiments_options_round_trip_through_the_model_directory(self):
     """What training samples with is what the exported model directory recommends."""
