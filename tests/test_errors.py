@@ -173,7 +173,7 @@ class UserErrorTest(absltest.TestCase):
         (["jax-to-official", "--checkpoint", self.tmp, "--out",
           t("y.safetensors")], "is not a model directory"),
         (["jax-to-official", "--checkpoint", self.model, "--out",
-          t("y.bin")], "must end in .safetensors"),
+          t("y.bin")], "must end in .safetensors or .pth"),
     ]
     results = run_cases("starflow_jax.interop.convert", [argv for argv, _ in cases], self.tmp)
     self.assert_user_errors(results, [pattern for _, pattern in cases])

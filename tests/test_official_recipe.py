@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ from starflow_jax.autoencoder import AutoencoderConfig
 from starflow_jax.autoencoder.base import scale_later_frames
 from starflow_jax.errors import UserError
 from starflow_jax.interop import convert, official, official_recipe
+from starflow_jax.interop.state_dict_io import write_pth
 from starflow_jax.sampling import SamplingOptions, VideoSampler, latent_size, options_from_defaults
 from starflow_jax.text.prompts import PromptTemplate
 from tests import helpers
@@ -220,6 +222,127 @@ class ConvertAndSampleTest(absltest.TestCase):
     with self.assertRaisesRegex(UserError, "not a Hugging Face T5 folder"):
       convert.read_recipe(yaml_path, t5=tmp)
     self.assertFalse(os.path.exists(os.path.join(tmp, "o")))
+
+
+# A tiny release in the official layout: WAN 2.2 latents (0.6 temporal scale), a T5 text encoder,
+# the prompt template of the 7B config (fps_cond, cond_noise_level).
+TINY_RELEASE_YAML = """arguments:
+- fsdp: 1
+- img_size: 32
+- vid_size: '5:8'
+- fps_cond: 1
+- channel_size: 6
+- patch_size: 1
+- channels: 32
+- top_block_channels: 64
+- blocks: 2
+- layers_per_block: 1 1
+- head_dim: 32
+- noise_std: 0.5
+- rope: 1
+- sos: 1
+- seq_order: L2R
+- use_softplus: 1
+- cond_top_only: 1
+- use_final_norm: 1
+- learnable_self_denoiser: 1
+- conditional_denoiser: 1
+- cond_noise_level: 1
+- temporal_causal: 1
+- shallow_block_local: 1
+- vae: Wan-AI/Wan2.2-TI2V-5B-Diffusers:0.6
+- finetuned_vae: none
+- text: tiny/t5-encoder
+- txt_size: 6
+- cfg: 2.0
+- soft_clip: 4
+"""
+
+
+def tiny_release(directory: str) -> dict[str, str]:
+  """Writes the tiny release (YAML, official-format weights, a WAN 2.2 folder, a T5 folder with a
+  sentencepiece model trained here on a few sentences); returns their paths."""
+  import sentencepiece
+  from starflow_jax.autoencoder import wan_vae
+  from starflow_jax.text import t5
+  from tests import test_wan_vae
+  paths = {name: os.path.join(directory, name) for name in ("release.yaml", "weights.pth", "wan", "t5")}
+  write(paths["release.yaml"], TINY_RELEASE_YAML)
+  vae_config = wan_vae.WanVAEConfig(**test_wan_vae.TINY["2.2"])
+  wan_vae.save_diffusers(paths["wan"], vae_config, test_wan_vae._random_params(vae_config))
+  t5_config = t5.T5Config(vocab_size=40,
+                          d_model=32,
+                          d_kv=8,
+                          d_ff=48,
+                          num_layers=2,
+                          num_heads=4,
+                          relative_attention_num_buckets=8,
+                          relative_attention_max_distance=20)
+  t5_params = nn.unbox(
+      t5.T5Encoder(t5_config).init(jax.random.PRNGKey(3), jnp.zeros((1, 6), jnp.int32), jnp.ones((1, 6),
+                                                                                                 bool))["params"])
+  t5.save_hf_t5(paths["t5"], t5_config, t5_params)
+  corpus = write(os.path.join(directory, "corpus.txt"),
+                 "a red green blue yellow circle square triangle moving left right up down\n" * 100)
+  sentencepiece.SentencePieceTrainer.train(input=corpus,
+                                           model_prefix=os.path.join(paths["t5"], "spiece"),
+                                           vocab_size=28,
+                                           pad_id=0,
+                                           eos_id=1,
+                                           unk_id=2,
+                                           bos_id=-1,
+                                           minloglevel=2)
+  recipe = official_recipe.read_recipe(paths["release.yaml"], t5_width=32)
+  write_pth(paths["weights.pth"], official.export_official(recipe.model, helpers.random_params(recipe.model)))
+  return paths
+
+
+class OfficialReleaseTest(absltest.TestCase):
+  """The whole official path on a tiny release made here: convert (YAML + weights + WAN 2.2 +
+  T5), then sample from the command line, text-to-video and image-to-video."""
+
+  def test_release_to_video(self):
+    tmp = self.create_tempdir().full_path
+    paths = tiny_release(tmp)
+    model_dir = os.path.join(tmp, "model")
+    self.assertEqual(
+        convert.main([
+            "official-to-jax", "--yaml", paths["release.yaml"], "--weights", paths["weights.pth"], "--out", model_dir,
+            "--vae", paths["wan"], "--t5", paths["t5"]
+        ]), 0)
+    bundle = checkpoint.load_bundle(model_dir)
+    self.assertEqual((bundle.config.in_channels, bundle.config.img_size, bundle.config.txt_dim), (6, 2, 32))
+    self.assertEqual((bundle.autoencoder_config.kind, bundle.autoencoder_config.temporal_scale), ("wan2.2", 0.6))
+    self.assertEqual((bundle.t5.path, bundle.t5.max_length, bundle.t5.width), (paths["t5"], 6, 32))
+    # The prompt the T5 reads, and its embedding zeroed at padding (the official encode_text).
+    sampler = VideoSampler(bundle,
+                           options_from_defaults(bundle.sampling_defaults, progress=False),
+                           text_encoder=bundle.t5.build())
+    self.assertEqual(
+        sampler.prompt_texts(["a red circle"], 5),
+        (["Noise Level 500:\nA video with 8 fps:\na red circle\n"], ["Noise Level 500:\nA video with 8 fps:\n\n"]))
+    ids, mask = sampler.external_text_encoder.tokenizer(["a"])
+    embedding = sampler.external_text_encoder(["a"])
+    np.testing.assert_array_equal(np.asarray(embedding)[~mask], 0.0)
+    self.assertGreater(float(np.abs(np.asarray(embedding)[mask]).max()), 0.0)
+    image = os.path.join(tmp, "in.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)).save(image)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for mode, extra in (("t2v", []), ("i2v", ["--mode=i2v", f"--input_image={image}"])):
+      out = os.path.join(tmp, f"{mode}.gif")
+      proc = subprocess.run([
+          sys.executable, "-m", "experiments.sample", f"--workdir={model_dir}", "--prompt=a red circle moving left",
+          f"--out={out}"
+      ] + extra,
+                            cwd=REPO,
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            timeout=600)
+      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+      gif = Image.open(out)
+      self.assertEqual(gif.n_frames, 5)  # 2 WAN latent frames -> 1 + 4 pixel frames
+      self.assertAlmostEqual(gif.info["duration"], 1000 / 8, delta=10)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
   python -m starflow_jax.interop.convert official-to-jax --yaml configs/starflow-v_7B_t2v_caus_480p.yaml \
       --weights starflow-v_7B_t2v_caus_480p_v3.pth --out DIR [--vae WAN_DIR] [--t5 T5_DIR]
   python -m starflow_jax.interop.convert official-to-jax --weights F.safetensors --config config.json --out DIR
-  python -m starflow_jax.interop.convert jax-to-official --checkpoint DIR --out G.safetensors
+  python -m starflow_jax.interop.convert jax-to-official --checkpoint DIR --out G.safetensors|G.pth
 
 `--yaml` is an official config (apple/ml-starflow `configs/*.yaml`): the model directory then also
 records the release sampler's recipe (frames, fps, guidance, Jacobi, noise level, the learned
@@ -11,8 +11,9 @@ denoiser, the sliding window, the prompt template), the autoencoder (WAN 2.2 wit
 temporal scale: `--vae`, a diffusers AutoencoderKLWan folder) and the text encoder (`--t5`, a
 Hugging Face Flan-T5 folder); `experiments.sample` then samples it as the official sampler does.
 `--config` is a JSON file with the official `Model(...)` keyword arguments only, bare or under
-"model_kwargs" (as in the golden config.json). The export writes G.safetensors (the official
-state_dict, loadable with strict=True) and G.json (those keyword arguments).
+"model_kwargs" (as in the golden config.json). The export writes G.safetensors or G.pth (the
+official state_dict, loadable with strict=True; the .pth is written without torch and reads with
+torch.load(..., weights_only=True)) and G.json (those keyword arguments).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starflow_jax.config import ModelConfig
 from starflow_jax.errors import UserError
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.interop import official, official_recipe
-from starflow_jax.interop.state_dict_io import read_state_dict, write_safetensors
+from starflow_jax.interop.state_dict_io import read_state_dict, write_state_dict
 from starflow_jax.model import init_params
 
 
@@ -72,13 +73,16 @@ def official_to_jax(weights: str,
                     *,
                     yaml_path: str | None = None,
                     vae: str = "",
-                    t5: str = "") -> str:
-  """Imports official weights into a model directory (with the recipe of an official YAML)."""
+                    t5: str = "",
+                    recipe: official_recipe.OfficialRecipe | None = None) -> str:
+  """Imports official weights into a model directory (with the recipe of an official YAML;
+  `recipe`: that YAML already read by `read_recipe`)."""
   if (config_path is None) == (yaml_path is None):
     raise UserError("give the official config as --yaml CONFIG.yaml or as --config kwargs.json (one of them)")
   if (vae or t5) and yaml_path is None:
     raise UserError("--vae and --t5 go with --yaml (the JSON route records the architecture only)")
-  recipe = read_recipe(yaml_path, vae, t5) if yaml_path else None
+  if recipe is None and yaml_path:
+    recipe = read_recipe(yaml_path, vae, t5)
   config = recipe.model if recipe else ModelConfig.from_official_kwargs(read_official_kwargs(config_path))
   if fileio.as_path(out).exists() and not overwrite:
     raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -97,15 +101,16 @@ def official_to_jax(weights: str,
 
 
 def jax_to_official(checkpoint_dir: str, out: str, overwrite: bool = False) -> tuple[str, str]:
-  if not out.endswith(".safetensors"):
-    raise UserError(f"--out {out} must end in .safetensors (its .json is written beside it)")
-  json_path = out[:-len(".safetensors")] + ".json"
+  suffix = next((s for s in (".safetensors", ".pth", ".pt") if out.endswith(s)), None)
+  if suffix is None:
+    raise UserError(f"--out {out} must end in .safetensors or .pth (its .json is written beside it)")
+  json_path = out[:-len(suffix)] + ".json"
   for path in (out, json_path):  # both outputs checked before either is written
     if fileio.as_path(path).exists() and not overwrite:
       raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite")
   config, params = checkpoint.load_model(checkpoint_dir)
   state_dict = official.export_official(config, params)
-  write_safetensors(out, state_dict, overwrite=overwrite)
+  write_state_dict(out, state_dict, overwrite=overwrite)
   fileio.write_json(json_path, config.to_official_kwargs(), overwrite=overwrite)
   return out, json_path
 
@@ -132,22 +137,24 @@ def main(argv=None) -> int:
   exp = sub.add_parser("jax-to-official", help="orbax model directory -> official state_dict")
   exp.add_argument("--checkpoint", required=True, help="model directory (from official-to-jax "
                    "or a training export)")
-  exp.add_argument("--out", required=True, help="output .safetensors (a .json is written beside)")
+  exp.add_argument("--out", required=True, help="output .safetensors or .pth (a .json is written beside)")
   exp.add_argument("--overwrite", action="store_true", help="replace outputs if they exist")
   args = parser.parse_args(argv)
   try:
     if args.command == "official-to-jax":
+      recipe = read_recipe(args.yaml, args.vae, args.t5) if args.yaml else None
       path = official_to_jax(args.weights,
                              args.config,
                              args.out,
                              args.overwrite,
                              yaml_path=args.yaml,
                              vae=args.vae,
-                             t5=args.t5)
+                             t5=args.t5,
+                             recipe=recipe)
       print(f"wrote model directory {path}")
-      if args.yaml:
-        training_only = official_recipe.read_recipe(args.yaml).training_only
-        print(f"training-only arguments of {args.yaml} (not needed to sample): {', '.join(training_only) or 'none'}")
+      if recipe is not None:
+        print(f"training-only arguments of {args.yaml} (not needed to sample): "
+              f"{', '.join(recipe.training_only) or 'none'}")
     else:
       weights, kwargs = jax_to_official(args.checkpoint, args.out, args.overwrite)
       print(f"wrote {weights} and {kwargs}")

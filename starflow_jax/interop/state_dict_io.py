@@ -11,7 +11,7 @@ from safetensors.numpy import load as load_safetensors_bytes, save_file
 
 from starflow_jax import fileio
 from starflow_jax.errors import UserError
-from starflow_jax.interop.torch_pickle import load_torch_state_dict
+from starflow_jax.interop.torch_pickle import load_torch_state_dict, save_torch_state_dict
 
 
 def load_safetensors(path) -> dict[str, np.ndarray]:
@@ -76,3 +76,19 @@ def write_safetensors(path,
     os.chmod(local, 0o666 & ~umask)
 
   fileio.write_file(path, write, overwrite=overwrite, suffix=".safetensors")
+
+
+def write_pth(path, state_dict: dict[str, np.ndarray], overwrite: bool = False) -> None:
+  """Writes a zip-format torch.save file (.pth) atomically, without torch (torch.load reads it,
+  also with weights_only=True)."""
+  if not os.fspath(path).endswith((".pth", ".pt")):
+    raise UserError(f"output {os.fspath(path)!r} must end in .pth or .pt")
+  fileio.write_file(path, lambda local: save_torch_state_dict(local, state_dict), overwrite=overwrite, suffix=".pth")
+
+
+def write_state_dict(path, state_dict: dict[str, np.ndarray], overwrite: bool = False) -> None:
+  """A state_dict as .safetensors or .pth, by the path's suffix."""
+  if os.fspath(path).endswith((".pth", ".pt")):
+    write_pth(path, state_dict, overwrite)
+  else:
+    write_safetensors(path, state_dict, overwrite)

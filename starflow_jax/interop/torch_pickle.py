@@ -1,14 +1,17 @@
-"""Reads PyTorch `.pth` / `.pt` state_dicts into numpy without importing torch.
+"""Reads and writes PyTorch `.pth` / `.pt` state_dicts as numpy, without importing torch.
 
 `torch.save` writes a zip archive: `<name>/data.pkl` (a pickle whose tensors refer to storages by
 persistent id) and `<name>/data/<key>` (raw little-endian storage bytes). A restricted unpickler
 rebuilds each tensor as a numpy array from its storage, offset, size and stride, and refuses every
-other global, so loading an untrusted file cannot run code.
+other global, so loading an untrusted file cannot run code. `save_torch_state_dict` writes the
+same layout (an OrderedDict of `torch._utils._rebuild_tensor_v2` calls on FloatStorage & co.,
+records stored uncompressed), which `torch.load(..., weights_only=True)` reads.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import zipfile
 
@@ -118,3 +121,69 @@ def load_torch_state_dict(path) -> dict:
       raise
     raise UserError(f"{path} is a damaged torch.save file ({type(e).__name__}: {e}); download or save "
                     "it again, or convert it to .safetensors") from None
+
+
+class _TorchGlobal:
+  """A reference to `module.name` in the pickle (torch need not be importable here)."""
+
+  def __init__(self, module: str, name: str):
+    self.module, self.name = module, name
+
+  def __call__(self, *args):  # pickle wants a reduce function to be callable; this one is written only
+    raise TypeError(f"{self.module}.{self.name} is a reference for a pickle, not a function")
+
+
+class _Storage:
+
+  def __init__(self, key: str, array: np.ndarray):
+    self.key, self.array = key, array
+
+
+class _Tensor:
+  """Pickles as torch's `_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`."""
+
+  def __init__(self, key: str, array: np.ndarray):
+    self.storage, self.shape = _Storage(key, array), array.shape
+    self.stride = tuple(s // array.itemsize for s in array.strides) if array.ndim else ()
+
+  def __reduce__(self):
+    rebuild = _TorchGlobal("torch._utils", "_rebuild_tensor_v2")
+    return rebuild, (self.storage, 0, self.shape, self.stride, False, collections.OrderedDict())
+
+
+class _Pickler(pickle._Pickler):  # the Python pickler: its dispatch table can name torch's globals
+  dispatch = dict(pickle._Pickler.dispatch)
+
+  def persistent_id(self, obj):
+    if isinstance(obj, _Storage):
+      storage = _TorchGlobal("torch", _STORAGE_NAMES[obj.array.dtype])
+      return ("storage", storage, obj.key, "cpu", obj.array.size)
+    return None
+
+  def _save_torch_global(self, obj: _TorchGlobal) -> None:
+    self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("utf-8"))
+
+  dispatch[_TorchGlobal] = _save_torch_global
+
+
+_STORAGE_NAMES = {np.dtype(dtype): name for name, dtype in _STORAGE_DTYPES.items()}
+
+
+def save_torch_state_dict(path, state_dict: dict[str, np.ndarray], name: str = "archive") -> None:
+  """Writes `state_dict` ({key: array}) as a zip-format `torch.save` file at `path` (a local
+  filename or a binary file object)."""
+  arrays = collections.OrderedDict()
+  for key, value in state_dict.items():
+    array = np.asarray(value, order="C")  # (ascontiguousarray would make scalars 1-d)
+    if array.dtype not in _STORAGE_NAMES:
+      raise UserError(f"{key}: dtype {array.dtype} has no torch storage type")
+    arrays[key] = array
+  tensors = collections.OrderedDict((key, _Tensor(str(i), a)) for i, (key, a) in enumerate(arrays.items()))
+  buffer = io.BytesIO()
+  _Pickler(buffer, protocol=2).dump(tensors)
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+    archive.writestr(f"{name}/data.pkl", buffer.getvalue())
+    archive.writestr(f"{name}/byteorder", "little")
+    for tensor in tensors.values():
+      archive.writestr(f"{name}/data/{tensor.storage.key}", tensor.storage.array.tobytes())
+    archive.writestr(f"{name}/version", "3\n")

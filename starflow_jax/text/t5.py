@@ -7,7 +7,7 @@ all, then a gated-GELU or ReLU feed-forward) -> final layer norm. Output [B, L, 
 Parameters load from a Hugging Face directory (`config.json` + `model.safetensors`, or a sharded
 `model.safetensors.index.json`): `T5EncoderModel` and full `T5ForConditionalGeneration` files
 both work (the decoder is ignored). The tokenizer is the checkpoint's sentencepiece model
-(`spiece.model`, needs the optional `sentencepiece` package): ids, then </s>, padded with <pad>
+(`spiece.model`, read with `sentencepiece`): ids, then </s>, padded with <pad>
 or truncated to `max_length` as `T5Tokenizer(..., padding="max_length", truncation=True)`.
 """
 
@@ -21,10 +21,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sentencepiece
 
 from starflow_jax import axes, fileio, layers
 from starflow_jax.errors import UserError
-from starflow_jax.interop.state_dict_io import read_hf_directory
+from starflow_jax.interop.state_dict_io import read_hf_directory, write_safetensors
 
 PAD_ID, EOS_ID = 0, 1
 
@@ -182,15 +183,34 @@ def load_hf_t5(directory: str) -> tuple[T5Config, dict]:
   return config, params
 
 
+def save_hf_t5(directory: str, config: T5Config, params) -> None:
+  """Writes an encoder-only Hugging Face folder (config.json + model.safetensors, the names
+  `load_hf_t5` reads); the tokenizer's spiece.model is the caller's."""
+  directory = fileio.as_path(directory)
+  if (directory / "config.json").exists():
+    raise FileExistsError(f"{directory} already holds a config.json; choose a new directory")
+  state_dict = {}
+
+  def put(path, leaf):
+    ours = "/".join(getattr(k, "key", str(k)) for k in path)
+    value = np.asarray(leaf, np.float32)
+    state_dict[_hf_key(ours)] = np.ascontiguousarray(value.T if path[-1].key == "kernel" else value)
+
+  jax.tree_util.tree_map_with_path(put, params)
+  directory.mkdir(parents=True, exist_ok=True)
+  write_safetensors(str(directory / "model.safetensors"), state_dict)
+  fileio.write_json(directory / "config.json", {
+      "model_type": "t5",
+      "architectures": ["T5EncoderModel"],
+      "is_encoder_decoder": False,
+      **dataclasses.asdict(config)
+  })
+
+
 class T5Tokenizer:
   """Sentencepiece ids + </s>, padded/truncated to max_length (HF T5Tokenizer behaviour)."""
 
   def __init__(self, directory: str, max_length: int):
-    try:
-      import sentencepiece
-    except ImportError as e:
-      raise UserError("the T5 tokenizer needs sentencepiece: pip install sentencepiece "
-                      "(or pip install -e .[t5])") from e
     path = fileio.as_path(directory) / "spiece.model"
     if not path.is_file():
       raise FileNotFoundError(f"{path} not found: the T5 checkpoint directory needs its spiece.model")
@@ -243,8 +263,10 @@ class T5TextEncoder:
     self.params = jax.device_put(params)  # once: host arrays would be copied in on every call
     self.tokenizer = T5Tokenizer(directory, max_length)
     module = T5Encoder(self.config, dtype)
-    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask))
+    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask) * mask[..., None])
 
   def __call__(self, prompts: Sequence[str]) -> jnp.ndarray:
+    """Embeddings [B, max_length, d_model], zero at padding positions (the official encode_text
+    multiplies the encoder's output by the attention mask)."""
     ids, mask = self.tokenizer(prompts)
     return self._apply(self.params, jnp.asarray(ids), jnp.asarray(mask))
