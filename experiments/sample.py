@@ -21,6 +21,7 @@ import logging
 import time
 
 from absl import app, flags
+import jax.numpy as jnp
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image
@@ -65,6 +66,9 @@ def define_flags():
   flags.DEFINE_float("attn_temp", None, "softmax temperature of the flow's attention while inverting (official "
                      "--attn_temp; default 1)")
   flags.DEFINE_integer("guide_top", None, "guide the deep block only (official --guide_top: any value)")
+  flags.DEFINE_bool(
+      "return_sequence", False, "write every stage side by side (noise, deep block, each "
+      "shallow block; no denoiser), as the official --return_sequence")
   flags.DEFINE_string("t5", None, "Hugging Face T5 / Flan-T5 directory, for models trained on its embeddings")
   flags.DEFINE_bool(
       "arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
@@ -220,7 +224,10 @@ def main(argv):
                             num_frames,
                             FLAGS.seed,
                             condition_video=condition,
-                            batch_size=FLAGS.num_samples)
+                            batch_size=FLAGS.num_samples,
+                            return_sequence=FLAGS.return_sequence)
+  if FLAGS.return_sequence:  # side by side along the width, as officially
+    videos = jnp.concatenate(videos, axis=-2)
   videos = distributed.gather_to_host(videos)  # collective: every process gets all samples
   if videos.ndim == 4:
     videos = videos[:, None]

@@ -73,23 +73,27 @@ def shallow_inverse(config: ModelConfig,
                     deep_cond: Array | None,
                     guidance: float,
                     block_inverse: BlockInverse,
-                    guide_top: bool = False) -> Array:
+                    guide_top: bool = False,
+                    return_sequence: bool = False):
   """The shallow blocks' inverses in reverse order on the deep block's output h [B, T, N, D]
   (`grid` its T frames; one frame at a time for a frame-by-frame scheduler). `deep_cond` and
   `guidance` as returned by `guided_condition`. guide_top: guidance in the deep block only (the
-  official `guide_top`: conditioned shallow blocks then see the condition unguided)."""
+  official `guide_top`: conditioned shallow blocks then see the condition unguided).
+  return_sequence: (h, [h after each shallow block]) instead of h (the official return_sequence)."""
   b, t, n, d = h.shape
   if guide_top and guidance > 0:
     deep_cond, guidance = deep_cond[:b], 0.0
   shallow_cond = None if config.cond_top_only else deep_cond
   shallow_guidance = 0.0 if config.cond_top_only else guidance
   s_grid = model_lib.shallow_grid(config, grid)
+  sequence = []
   for i in reversed(range(config.num_blocks - 1)):
     h_in = model_lib.to_shallow_batch(config, h)
     h = block_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in, s_grid,
                       shallow_cond, shallow_guidance)
     h = h.reshape(b, t, n, d)
-  return h
+    sequence.append(h)
+  return (h, sequence) if return_sequence else h
 
 
 def prefix_tokens(config: ModelConfig, params, prefix: Array, cond: Array | None) -> Array:

@@ -215,7 +215,7 @@ class VideoSampler:
     self._run = jax.jit(tempered(self._run_impl), static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
     self._reencode = jax.jit(tempered(self._reencode_impl), static_argnums=(4, 5), donate_argnums=(1,))
     self._frame_tokens = jax.jit(self._frame_tokens_impl, static_argnums=(2, 3))
-    self._shallow = jax.jit(tempered(self._shallow_impl), static_argnums=(3, 4))
+    self._shallow = jax.jit(tempered(self._shallow_impl), static_argnums=(3, 4, 5))
     self._prefix_tokens = jax.jit(functools.partial(inverse.prefix_tokens, self.config))
     self._denoiser = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c, method=StarFlow.denoise))
     self._score_step = jax.jit(self._score_step_impl)
@@ -340,7 +340,8 @@ class VideoSampler:
                null_cond: Array | None = None,
                batch_size: int = 1,
                condition_video: np.ndarray | None = None,
-               return_latents: bool = False):
+               return_latents: bool = False,
+               return_sequence: bool = False):
     """Videos [B, T, H, W, C] in [-1, 1] (images [B, H, W, C] for image models).
 
     prompts: one per sample (or `cond` embeddings). condition_video: pixels [B or 1, Tc, H, W, C]
@@ -365,6 +366,9 @@ class VideoSampler:
     prefix = None
     if condition_video is not None:
       prefix = self._condition_latents(condition_video, batch, latent_frames, seed)
+    if return_sequence:  # every stage decoded, no denoiser (the official return_sequence)
+      stages = [self.autoencoder.decode(s) for s in self.sample_latents(z, cond, null_cond, prefix, True)]
+      return [s[:, 0] for s in stages] if not cfg.is_video else stages
     latents = self.sample_latents(z, cond, null_cond, prefix)
     latents = self.denoise(latents, cond)
     pixels = self.autoencoder.decode(latents)
@@ -393,12 +397,19 @@ class VideoSampler:
     return latents + self.options.noise_std * noise  # the model was trained on noisy latents
 
   # ------------------------------------------------------------------ flow inverse
-  def sample_latents(self, z: Array, cond: Array | None, null_cond: Array | None, prefix: Array | None = None) -> Array:
+  def sample_latents(self,
+                     z: Array,
+                     cond: Array | None,
+                     null_cond: Array | None,
+                     prefix: Array | None = None,
+                     return_sequence: bool = False):
     """Inverts the flow: noise z [B, T, H, W, C] -> noisy latents x~ (prefix frames kept).
 
     `inverse.invert`, scheduled frame by frame over the same pieces (`decoding`, `jacobi`,
     `inverse.shallow_inverse`): the deep block in compiled calls of about one frame, windows
-    slid on the host, a frame's shallow inverses as soon as it is done."""
+    slid on the host, a frame's shallow inverses as soon as it is done. return_sequence: the
+    latents after every stage instead, [z, deep block, each shallow block] (the last is x~), as
+    the official `return_sequence`."""
     cfg = self.config
     z_tok, grid = tokens.patchify(z, cfg.patch_size)  # [B, T, N, D]
     deep_cond, guidance = inverse.guided_condition(cfg, cond, null_cond, self.options.guidance,
@@ -415,17 +426,30 @@ class VideoSampler:
       frames: list = [None] * z_tok.shape[1]
 
       def on_frame(f, deep_tokens):  # pipelined: a frame's shallow inverses as soon as it is done
-        frames[f] = self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0)
+        out = self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0, return_sequence)
+        frames[f] = (deep_tokens[:, None], out) if return_sequence else out
 
       self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, on_frame)
-      h = jnp.concatenate(frames, axis=1)
+      if return_sequence:  # per stage, the frames in order
+        deep = jnp.concatenate([f[0] for f in frames], axis=1)
+        stages = [jnp.concatenate([f[1][1][i] for f in frames], axis=1) for i in range(cfg.num_blocks - 1)]
+        h = stages[-1]
+      else:
+        h = jnp.concatenate(frames, axis=1)
     else:
-      h = self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, None)
-      h = self._shallow(self.params, h, deep_cond, grid, guidance)
-    x = tokens.unpatchify(h, grid, cfg.patch_size)
-    if prefix is not None:
-      x = x.at[:, :prefix.shape[1]].set(prefix)
-    return x
+      h = deep = self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, None)
+      h = self._shallow(self.params, h, deep_cond, grid, guidance, return_sequence)
+      if return_sequence:
+        h, stages = h
+    x = self._with_prefix(tokens.unpatchify(h, grid, cfg.patch_size), prefix)
+    if not return_sequence:
+      return x
+    return [z, self._with_prefix(tokens.unpatchify(deep, grid, cfg.patch_size), prefix)
+           ] + [self._with_prefix(tokens.unpatchify(s, grid, cfg.patch_size), prefix) for s in stages]
+
+  @staticmethod
+  def _with_prefix(x: Array, prefix: Array | None) -> Array:
+    return x if prefix is None else x.at[:, :prefix.shape[1]].set(prefix)
 
   def _deep_inverse(self, z_tok, grid, cond, guidance: float, prefix_tok, on_frame):
     """Host loop over frames of the deep block's inverse; returns raster tokens [B, T, N, D]."""
@@ -493,9 +517,9 @@ class VideoSampler:
     x = jax.lax.dynamic_slice_in_dim(buffer[:batch], 1 + frame * n, n, axis=1)
     return tokens.unpermute(x, self.deep.order, n)
 
-  def _shallow_impl(self, params, h, deep_cond, grid, guidance):
+  def _shallow_impl(self, params, h, deep_cond, grid, guidance, return_sequence=False):
     return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, self.block_inverse,
-                                   self.options.guide_top is not None)
+                                   self.options.guide_top is not None, return_sequence)
 
   def _score_step_impl(self, params, x, cond, sigma):
 

@@ -66,6 +66,18 @@ TINY_VIDEO_YAML = """arguments:
 """
 
 
+def sample_gif(test: absltest.TestCase, model_dir: str, out: str, *flags: str) -> Image.Image:
+  """Runs `python -m experiments.sample` on a model directory; the GIF it wrote."""
+  proc = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={model_dir}", f"--out={out}", *flags],
+                        cwd=REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
+  test.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+  return Image.open(out)
+
+
 def write(path: str, text: str) -> str:
   with open(path, "w") as f:
     f.write(text)
@@ -194,23 +206,16 @@ class ConvertAndSampleTest(absltest.TestCase):
     self.assertEqual(bundle.sampling_defaults, recipe.sampling_defaults)
     image = os.path.join(tmp, "in.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 20, 3), np.uint8)).save(image)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     # T2V past the training length (the official --target_length: the window slides), and I2V.
     for mode, extra, frames in (("t2v", ["--target_length=7"], 7), ("i2v", ["--mode=i2v",
                                                                             f"--input_image={image}"], 5)):
-      out = os.path.join(tmp, f"{mode}.gif")
-      proc = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={model_dir}", f"--out={out}"] +
-                            extra,
-                            cwd=REPO,
-                            env=env,
-                            capture_output=True,
-                            text=True,
-                            timeout=600)
-      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-      gif = Image.open(out)
+      gif = sample_gif(self, model_dir, os.path.join(tmp, f"{mode}.gif"), *extra)
       self.assertEqual(gif.n_frames, frames)  # default: vid_size '5:16', pixel space
       self.assertAlmostEqual(gif.info["duration"], 1000 / 16, delta=10)  # the recipe's fps (GIF: 10 ms units)
       self.assertEqual(gif.size[1] % 8, 0)
+    # --return_sequence: noise, the deep block's output and each shallow block's, side by side.
+    stages = sample_gif(self, model_dir, os.path.join(tmp, "sequence.gif"), "--return_sequence")
+    self.assertEqual(stages.size[0], (config.num_blocks + 1) * stages.size[1])
 
   def test_yaml_route_errors(self):
     tmp = self.create_tempdir().full_path
@@ -327,20 +332,8 @@ class OfficialReleaseTest(absltest.TestCase):
     self.assertGreater(float(np.abs(np.asarray(embedding)[mask]).max()), 0.0)
     image = os.path.join(tmp, "in.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)).save(image)
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     for mode, extra in (("t2v", []), ("i2v", ["--mode=i2v", f"--input_image={image}"])):
-      out = os.path.join(tmp, f"{mode}.gif")
-      proc = subprocess.run([
-          sys.executable, "-m", "experiments.sample", f"--workdir={model_dir}", "--prompt=a red circle moving left",
-          f"--out={out}"
-      ] + extra,
-                            cwd=REPO,
-                            env=env,
-                            capture_output=True,
-                            text=True,
-                            timeout=600)
-      self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-      gif = Image.open(out)
+      gif = sample_gif(self, model_dir, os.path.join(tmp, f"{mode}.gif"), "--prompt=a red circle moving left", *extra)
       self.assertEqual(gif.n_frames, 5)  # 2 WAN latent frames -> 1 + 4 pixel frames
       self.assertAlmostEqual(gif.info["duration"], 1000 / 8, delta=10)
 

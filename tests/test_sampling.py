@@ -225,6 +225,20 @@ class OneInverseTest(absltest.TestCase):
                                                          prefix=full[:, :1])
           np.testing.assert_array_equal(continued[:, :1], full[:, :1])
 
+  def test_return_sequence_gives_every_stage(self):
+    """[z, after the deep block, after each shallow block]: the last is the sample, bit for bit,
+    on the pipelined (frame-by-frame) and the whole-clip schedules."""
+    for jacobi in (JacobiOptions(block_size=4, threshold=0.0,
+                                 max_iter=16), JacobiOptions(block_size=4, reference_compatible=True)):
+      sampler = VideoSampler(self.bundle, SamplingOptions(guidance=1.5, jacobi=jacobi, denoise="none", progress=False))
+      stages = sampler.sample_latents(self.z, self.cond, self.null, return_sequence=True)
+      self.assertLen(stages, self.bundle.config.num_blocks + 1)
+      np.testing.assert_array_equal(stages[0], self.z)
+      np.testing.assert_array_equal(stages[-1], sampler.sample_latents(self.z, self.cond, self.null))
+      self.assertGreater(float(jnp.abs(stages[1] - stages[-1]).max()), 1e-3)
+      videos = sampler.generate(None, 3, cond=self.cond, null_cond=self.null, batch_size=2, return_sequence=True)
+      self.assertLen(videos, len(stages))
+
   def test_the_model_directory_keeps_its_null_condition(self):
     """A model trained against a null that is not zeros (pre-encoded T5 text: the empty prompt's
     embedding) stores it; guidance without an explicit null then uses it, not zeros."""
