@@ -68,6 +68,20 @@ def total_nll(z: Array, logdets: Sequence[Array]) -> Array:
   return nll_per_dim(z, logdets) * dims
 
 
+def frame_nll(z: Array, logdets: Sequence[Array]) -> Array:
+  """Exact negative log-likelihood of each frame in nats, [B, T], for video z [B, T, H, W, C]:
+  the frame's elements' 0.5 z^2 + log sqrt(2 pi) and its tokens' -log(scale) in every block. Every
+  block is causal in frame order (the deep block across frames, the shallow blocks within a frame
+  or in frame-major order), so frame t's share is exactly -log p(x_t | x_<t) and the shares sum
+  to the clip's `total_nll`."""
+  b, t = z.shape[:2]
+  prior = 0.5 * jnp.square(z.astype(jnp.float32)) + HALF_LOG_2PI
+  per_frame = jnp.sum(prior.reshape(b, t, -1), axis=-1)
+  for logdet in logdets:  # [B, T, N, D] or frame-major [B, T*N, D]
+    per_frame = per_frame - jnp.sum(logdet.astype(jnp.float32).reshape(b, t, -1), axis=-1)
+  return per_frame
+
+
 def bits_per_dim(nll_nats_per_dim: Array, num_bits: int = 8) -> Array:
   """Bits per dimension of `num_bits` data scaled to [-1, 1] with uniform dequantisation.
 

@@ -22,6 +22,7 @@ COMMANDS = (
     "experiments.eval_samples",
     "experiments.main",
     "experiments.sample",
+    "experiments.score",
     "experiments.train_vae",
 )
 
