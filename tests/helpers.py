@@ -62,6 +62,26 @@ def tiny_image_config(**overrides) -> ModelConfig:
   return ModelConfig(**values).validate()
 
 
+def save_pixel_video_model(directory: str, num_frames: int) -> None:
+  """An unconditional pixel-space video model of 8 x 8 RGB frames, random weights, as a model
+  directory (training sigma 0.1, clips of `num_frames`)."""
+  from starflow_jax import checkpoint
+  config = tiny_video_config(in_channels=3,
+                             img_size=8,
+                             txt_size=0,
+                             txt_dim=0,
+                             cond_top_only=False,
+                             learnable_self_denoiser=False,
+                             conditional_denoiser=False)
+  checkpoint.save_model(directory,
+                        config,
+                        random_params(config, std=0.1),
+                        sampling_defaults={
+                            "noise_std": 0.1,
+                            "num_frames": num_frames
+                        })
+
+
 def random_params(config: ModelConfig, seed: int = 0, std: float = 0.05, num_frames: int | None = None):
   params = init_params(config, jax.random.PRNGKey(seed), num_frames=num_frames)
   return perturb(params, seed + 1, std)

@@ -18,6 +18,7 @@ COMMANDS = (
     "experiments.bench_train",
     "experiments.bench_wan_vae",
     "experiments.demo",
+    "experiments.eval_anomaly",
     "experiments.eval_denoiser",
     "experiments.eval_samples",
     "experiments.main",

@@ -18,16 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pixel_video_model(directory: str) -> checkpoint.ModelBundle:
-  """An unconditional pixel-space video model (8 x 8 RGB frames), random weights, saved."""
-  config = helpers.tiny_video_config(in_channels=3,
-                                     img_size=8,
-                                     txt_size=0,
-                                     txt_dim=0,
-                                     cond_top_only=False,
-                                     learnable_self_denoiser=False,
-                                     conditional_denoiser=False)
-  params = helpers.random_params(config, std=0.1)
-  checkpoint.save_model(directory, config, params, sampling_defaults={"noise_std": 0.1, "num_frames": 4})
+  helpers.save_pixel_video_model(directory, num_frames=4)
   return checkpoint.load_bundle(directory)
 
 
