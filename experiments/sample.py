@@ -46,7 +46,8 @@ def define_flags():
   flags.DEFINE_float("guidance", None, "classifier-free guidance weight (0: none)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_string("out", "video.mp4", "output path (.mp4 or .gif); a .png grid is written beside")
-  flags.DEFINE_enum("mode", "t2v", ["t2v", "i2v", "continue", "v2v"], "what --input is used for")
+  flags.DEFINE_enum("mode", None, ["t2v", "i2v", "continue", "v2v"],
+                    "what --input is used for (default: i2v with --input, as the official --input_image, else t2v)")
   flags.DEFINE_string("input", None, "image (png/jpg) or clip (gif/mp4/npy) for i2v / continue / v2v")
   flags.DEFINE_integer("input_frames", None, "frames of --input used as the prefix (default: all)")
   flags.DEFINE_integer("window", None, "latent frames the deep block attends to (default: training length)")
@@ -80,6 +81,9 @@ def define_flags():
   flags.DEFINE_alias("cfg", "guidance")
   flags.DEFINE_alias("out_fps", "fps")
   flags.DEFINE_alias("input_image", "input")
+  flags.DEFINE_alias("caption", "prompt")
+  flags.DEFINE_alias("jacobi_th", "jacobi_threshold")
+  flags.DEFINE_alias("target_noise_std", "noise_std")
   cli.define_launch_flags()
   flags.mark_flag_as_required("workdir")
 
@@ -189,8 +193,10 @@ def check_flags() -> None:
     raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
   if FLAGS.fps is not None and FLAGS.fps < 1:
     raise UserError(f"--fps={FLAGS.fps} must be >= 1")
-  if FLAGS.mode != "t2v" and not FLAGS.input:
+  if FLAGS.mode not in (None, "t2v") and not FLAGS.input:
     raise UserError(f"--mode={FLAGS.mode} needs --input")
+  if FLAGS.mode == "t2v" and FLAGS.input:
+    raise UserError("--mode=t2v takes no --input; leave --mode out (or --mode=i2v) to start from the image")
   if FLAGS.input_frames is not None and FLAGS.input_frames < 1:
     raise UserError(f"--input_frames={FLAGS.input_frames} must be >= 1")
 
@@ -200,6 +206,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.setup_logging()
   check_flags()
+  mode = FLAGS.mode or ("i2v" if FLAGS.input else "t2v")
   cli.start_distributed(FLAGS.multihost)  # before any backend exists
   bundle = checkpoint.load_bundle(model_directory(FLAGS.workdir))
   options = sampling_options(bundle)
@@ -207,7 +214,7 @@ def main(argv):
   prompts = list(FLAGS.prompt) * FLAGS.num_samples
   if bundle.config.conditioning is not None and not prompts:
     raise UserError("this model is conditioned: give --prompt (a caption, or a class id)")
-  if FLAGS.mode == "v2v":
+  if mode == "v2v":
     prompts = [p if p.startswith("(v2v)") else "(v2v) " + p for p in prompts]
   text_encoder = None
   if bundle.t5 is not None:  # the encoder the model directory names (--t5: its folder here)
@@ -216,8 +223,8 @@ def main(argv):
     text_encoder = T5TextEncoder(FLAGS.t5, bundle.config.txt_size)
   sampler = VideoSampler(bundle, options, text_encoder=text_encoder)
   condition = None
-  if FLAGS.mode != "t2v":
-    max_frames = 1 if FLAGS.mode == "i2v" else FLAGS.input_frames
+  if mode != "t2v":
+    max_frames = 1 if mode == "i2v" else FLAGS.input_frames
     condition = load_frames(FLAGS.input, sampler.pixel_size, max_frames)[None]
   start = time.time()
   videos = sampler.generate(prompts or None,

@@ -132,6 +132,7 @@ class UserErrorTest(absltest.TestCase):
         ([m, "--prompt=a red circle", "--num_frames=-3", out], "--num_frames=-3 must be >= 1"),
         ([m, "--prompt=a red circle", "--num_samples=0", out], "--num_samples=0 must be >= 1"),
         ([m, "--prompt=a red circle", "--mode=i2v", out], "--mode=i2v needs --input"),
+        ([m, "--prompt=a", "--mode=t2v", "--input=/nonexistent.png", out], "--mode=t2v takes no --input"),
         ([m, "--prompt=a", "--mode=i2v", "--input=/nonexistent.png", out], "/nonexistent.png does not exist"),
         ([m, "--prompt=a", "--mode=i2v", f"--input={os.path.join(self.tmp, 'garbage.png')}",
           out], "garbage.png cannot be read as png"),

@@ -332,7 +332,7 @@ class OfficialReleaseTest(absltest.TestCase):
     self.assertGreater(float(np.abs(np.asarray(embedding)[mask]).max()), 0.0)
     image = os.path.join(tmp, "in.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)).save(image)
-    for mode, extra in (("t2v", []), ("i2v", ["--mode=i2v", f"--input_image={image}"])):
+    for mode, extra in (("t2v", []), ("i2v", [f"--input_image={image}"])):  # (as officially: an image means I2V)
       gif = sample_gif(self, model_dir, os.path.join(tmp, f"{mode}.gif"), "--prompt=a red circle moving left", *extra)
       self.assertEqual(gif.n_frames, 5)  # 2 WAN latent frames -> 1 + 4 pixel frames
       self.assertAlmostEqual(gif.info["duration"], 1000 / 8, delta=10)
