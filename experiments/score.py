@@ -9,8 +9,10 @@ autoencoder, noised as in training (x~ = x + sigma * eps, averaged over --noise_
 and run forward once: frame t's NLL is -log p(x~_t | x~_<t), the deep block's causal
 factorisation (`losses.frame_nll`); the frames' NLLs sum to the clip's. The report has per
 frame nats, nats per dimension and (pixel-space models, 8-bit data) bits per dimension, and the
-clip's totals. With --prompt the clip is scored under that caption (the model's prompt template
-applied), else under the null condition.
+clip's totals; beside it, one PNG per clip: its frames, each frame's per-token NLL as a heatmap
+(`model.token_nll`: where in the frame the surprise is) and the NLL over time. With --prompt the
+clip is scored under that caption (the model's prompt template applied), else under the null
+condition.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class FrameScorer:
 
     def frame_nll(params, x, cond):  # x [B, T, H, W, C]; an image model's one frame as T = 1
       out = model.apply({"params": params}, x if video else x[:, 0], cond)
-      return losses.frame_nll(out.z if video else out.z[:, None], out.logdets)
+      return model_lib.token_nll(bundle.config, out, x.shape[1])  # [B, T, N]
 
     self._frame_nll = jax.jit(frame_nll)
 
@@ -94,7 +96,8 @@ class FrameScorer:
       noise = jax.random.normal(jax.random.PRNGKey(seed + k), latents.shape)
       x = latents + self.sigma * noise
       draws.append(self._frame_nll(self.sampler.params, x, cond))
-    per_frame = np.mean(np.stack([np.asarray(d)[0] for d in draws]), axis=0)  # [T']
+    per_token = np.mean(np.stack([np.asarray(d)[0] for d in draws]), axis=0)  # [T', N]
+    per_frame = per_token.sum(axis=-1)  # [T']
     dims = int(np.prod(latents.shape[2:]))
     pixel_space = self.bundle.autoencoder_config.kind == "identity"
     frames = []
@@ -104,10 +107,44 @@ class FrameScorer:
         row["bits_per_dim"] = float(losses.bits_per_dim(jnp.asarray(nats / dims)))
       frames.append(row)
     total = float(np.sum(per_frame))
-    clip = {"nll_nats": total, "nats_per_dim": total / (dims * len(per_frame)), "frames": frames}
+    grid = (latents.shape[2] // self.bundle.config.patch_size, latents.shape[3] // self.bundle.config.patch_size)
+    clip = {
+        "nll_nats": total,
+        "nats_per_dim": total / (dims * len(per_frame)),
+        "frames": frames,
+        "token_nll": per_token.reshape((len(per_frame),) + grid).tolist()
+    }
     if pixel_space:
       clip["bits_per_dim"] = float(losses.bits_per_dim(jnp.asarray(clip["nats_per_dim"])))
     return clip
+
+
+def save_figure(path, pixels: np.ndarray, clip: dict) -> None:
+  """One PNG: the clip's frames, their per-token NLL heatmaps (one colour scale), NLL over time."""
+  import matplotlib  # heavy: only where figures are written
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  heat = np.asarray(clip["token_nll"])  # [T', h, w]
+  shown = min(len(heat), 12)
+  frames = pixels[np.linspace(0, len(pixels) - 1, shown).round().astype(int)] if len(pixels) > 1 else pixels
+  fig = plt.figure(figsize=(1.6 * max(shown, 4), 5.2))
+  grid = fig.add_gridspec(3, max(shown, 4), height_ratios=(1, 1, 1.1))
+  for i in range(shown):
+    fig.add_subplot(grid[0, i]).imshow(((frames[min(i, len(frames) - 1)] + 1) * 127.5).clip(0, 255).astype(np.uint8))
+    ax = fig.add_subplot(grid[1, i])
+    ax.imshow(heat[i], cmap="magma", vmin=heat.min(), vmax=heat.max())
+    for a in fig.axes[-2:]:
+      a.set_xticks([]), a.set_yticks([])
+    ax.set_title(f"t={i}", fontsize=7)
+  curve = fig.add_subplot(grid[2, :])
+  curve.plot([f["nats_per_dim"] for f in clip["frames"]], marker="o", lw=1)
+  curve.set_xticks(range(len(clip["frames"])))
+  curve.set_xlabel("latent frame")
+  curve.set_ylabel("NLL (nats / dim)")
+  curve.grid(alpha=0.3)
+  fig.tight_layout()
+  fileio.write_file(path, lambda local: fig.savefig(local, dpi=100, format="png"), suffix=".png")
+  plt.close(fig)
 
 
 def main(argv):
@@ -124,6 +161,9 @@ def main(argv):
   for path in paths:
     pixels = load_frames(str(path), scorer.sampler.pixel_size, None)[None]
     clips[str(path)] = scorer.score(pixels, FLAGS.prompt, FLAGS.noise_samples, FLAGS.seed)
+    figure = f"{str(FLAGS.out).rsplit('.', 1)[0]}_{len(clips) - 1}.png"
+    save_figure(figure, pixels[0], clips[str(path)])
+    clips[str(path)]["figure"] = figure
     line = ", ".join(f"{f['nats_per_dim']:.3f}" for f in clips[str(path)]["frames"])
     print(f"{path}: {clips[str(path)]['nats_per_dim']:.4f} nats/dim; per frame: {line}")
   report = {

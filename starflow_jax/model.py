@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from starflow_jax import tokens
+from starflow_jax import losses, tokens
 from starflow_jax.config import ModelConfig
 from starflow_jax.denoiser import Denoiser
 from starflow_jax.flow import FlowBlock
@@ -198,6 +198,23 @@ def to_shallow_batch(config: ModelConfig, x: Array) -> Array:
   if config.shallow_block_local:
     return x.reshape(b * t, n, d)
   return x.reshape(b, t * n, d)
+
+
+def token_nll(config: ModelConfig, output: "FlowOutput", num_frames: int) -> Array:
+  """Each token's share of the exact NLL in nats, [B, T, N] in raster order: its elements'
+  0.5 z^2 + log sqrt(2 pi) and its -log(scale) in every block, each block's log-dets taken back
+  from that block's token order. Summed over a frame's tokens it is `losses.frame_nll`."""
+  z = output.z if output.z.ndim == 5 else output.z[:, None]
+  z_tok, grid = tokens.patchify(z.astype(jnp.float32), config.patch_size)  # [B, T, N, D]
+  b, t, n, d = z_tok.shape
+  total = jnp.sum(0.5 * jnp.square(z_tok) + losses.HALF_LOG_2PI, axis=-1)
+  blocks = [shallow_block(config, i) for i in range(config.num_blocks - 1)] + [deep_block(config)]
+  for index, (block, logdet) in enumerate(zip(blocks, output.logdets)):
+    frame_local = index < config.num_blocks - 1 and config.shallow_block_local and num_frames > 1
+    per_block = logdet.astype(jnp.float32).reshape(b * t, n, d) if frame_local else logdet.astype(jnp.float32).reshape(
+        b, t * n, d)
+    total = total - jnp.sum(tokens.unpermute(per_block, block.order, n).reshape(b, t, n, d), axis=-1)
+  return total
 
 
 class StarFlow(nn.Module):

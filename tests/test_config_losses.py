@@ -101,6 +101,40 @@ class LikelihoodTest(absltest.TestCase):
     first = model_lib.forward(config, params, x[:, :1], cond)
     np.testing.assert_allclose(frames[:, 0], losses.total_nll(first.z, first.logdets), rtol=1e-5)
 
+  def test_token_nll_sums_to_the_frame_nll(self):
+    """Per-token shares in raster order: a frame's tokens sum to its NLL, for frame-local and
+    clip-wide shallow blocks (their orders undone per frame or per clip) and image models."""
+    for config, shape in ((helpers.tiny_video_config(), (2, 3, 4, 4, 2)),
+                          (helpers.tiny_video_config(shallow_block_local=False, cond_top_only=False),
+                           (2, 3, 4, 4, 2)), (helpers.tiny_image_config(), (2, 4, 4, 3))):
+      with self.subTest(local=config.shallow_block_local, video=config.is_video):
+        params = helpers.random_params(config, std=0.1)
+        x = jax.random.normal(jax.random.PRNGKey(1), shape)
+        out = model_lib.forward(config, params, x, helpers.random_condition(config, 2))
+        frames = shape[1] if config.is_video else 1
+        per_token = model_lib.token_nll(config, out, frames)
+        z = out.z if config.is_video else out.z[:, None]
+        np.testing.assert_allclose(jnp.sum(per_token, -1), losses.frame_nll(z, out.logdets), rtol=1e-5, atol=1e-3)
+        self.assertEqual(per_token.shape[:2], (2, frames))
+
+  def test_token_nll_undoes_each_block_s_order(self):
+    """A log-det placed at position j of a flipped block's order lands on raster token N-1-j of
+    its frame (shallow block 0 and the deep block reverse each frame's tokens)."""
+    config = helpers.tiny_video_config()
+    self.assertEqual((model_lib.shallow_block(config, 0).order, model_lib.deep_block(config).order),
+                     ("flip_in_frame", "flip_in_frame"))
+    b, t, n, d = 1, 3, 4, 8  # 4 x 4 latents of 2 channels, patch 2: 4 tokens of 8 values per frame
+    marked = jnp.zeros((b, t, n, d)).at[0, 1, 0, 0].set(1.0)  # frame 1, first in block order
+    z = jnp.zeros((b, t, 4, 4, 2))
+    prior = n * d * losses.HALF_LOG_2PI
+    for block, logdets in (("shallow", (marked, jnp.zeros((b, t, n, d)), jnp.zeros(
+        (b, t * n, d)))), ("deep", (jnp.zeros((b, t, n, d)),) * 2 + (marked.reshape(b, t * n, d),))):
+      with self.subTest(block=block):
+        per_token = model_lib.token_nll(config, model_lib.FlowOutput(z=z, logdets=logdets, outputs=()), t) - prior / n
+        expected = np.zeros((b, t, n))
+        expected[0, 1, n - 1] = -1.0
+        np.testing.assert_allclose(per_token, expected, atol=1e-6)
+
   def test_drop_first_frame(self):
     z = jnp.ones((1, 3, 2, 2, 1)).at[:, 0].set(10.0)
     logdets = [jnp.zeros((1, 3, 4, 1)).at[:, 0].set(5.0), jnp.zeros((1, 12, 1)).at[:, :4].set(5.0)]

@@ -9,6 +9,7 @@ import tempfile
 import jax
 import numpy as np
 from absl.testing import absltest
+from PIL import Image
 
 from experiments import score
 from starflow_jax import checkpoint, losses, media, model as model_lib
@@ -70,6 +71,10 @@ class ScoreTest(absltest.TestCase):
     for clip in report["clips"].values():
       self.assertLen(clip["frames"], 4)
       self.assertGreater(clip["bits_per_dim"], 0)
+      heat = np.asarray(clip["token_nll"])  # [T, h, w] per-token NLL, 8 x 8 frames in patches of 2
+      self.assertEqual(heat.shape, (4, 4, 4))
+      np.testing.assert_allclose(heat.sum(axis=(1, 2)), [f["nll_nats"] for f in clip["frames"]], rtol=1e-5)
+      self.assertEqual(Image.open(clip["figure"]).format, "PNG")
     bad = run_score(f"--workdir={self.model_dir}", f"--input={os.path.join(self.tmp, 'missing.gif')}")
     self.assertEqual(bad.returncode, 2, bad.stderr[-2000:])
     self.assertIn("missing.gif does not exist", bad.stderr)
