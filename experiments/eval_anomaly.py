@@ -78,6 +78,12 @@ class ClipScores:
     return nll, complexity
 
 
+def _mean_and_spread(rows: list) -> tuple[np.ndarray, np.ndarray]:
+  """Per-frame mean and standard deviation (kept off zero) of calibration rows [T']."""
+  stacked = np.stack(rows)
+  return stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
+
+
 def evaluate(workdir: str,
              num_clips: int,
              calibration_clips: int,
@@ -89,22 +95,16 @@ def evaluate(workdir: str,
                     "generated on moving shapes (data.source='shapes')")
   bundle = checkpoint.load_bundle(model_directory(workdir))
   scorer = FrameScorer(bundle)
-  temporal = scorer.sampler.autoencoder.latent_frames(config.data.shapes.num_frames)
-  factor = (config.data.shapes.num_frames - 1) // max(1, temporal - 1) if temporal > 1 else 1
+  factor = int(scorer.sampler.autoencoder.temporal_factor)
   clips = ClipScores(scorer, noise_samples, factor)
   generator = anomalies.AnomalousShapes(sources.shapes_config(config.data, "eval"))
   calibration = [clips.frames(generator.normal(10_000 + i)) for i in range(calibration_clips)]
-  baseline = {
-      name: (np.mean(np.stack([c[k] for c in calibration]), 0), np.std(np.stack([c[k] for c in calibration]), 0) + 1e-6)
-      for k, name in enumerate(("nll", "complexity"))
-  }
+  nll_mu, nll_sd = _mean_and_spread([c[0] for c in calibration])
+  adjusted_mu, adjusted_sd = _mean_and_spread([c[0] - c[1] for c in calibration])
 
   def scores(nll, complexity):
-    surprise = (nll - baseline["nll"][0]) / baseline["nll"][1]
-    adjusted = nll - complexity
-    mu = baseline["nll"][0] - baseline["complexity"][0]
-    sd = np.std(np.stack([c[0] - c[1] for c in calibration]), 0) + 1e-6
-    complex_surprise = (adjusted - mu) / sd
+    surprise = (nll - nll_mu) / nll_sd
+    complex_surprise = (nll - complexity - adjusted_mu) / adjusted_sd
     return {
         "frame_surprise": float(np.max(surprise[1:])),
         "complexity": float(np.max(complex_surprise[1:])),
@@ -117,7 +117,10 @@ def evaluate(workdir: str,
   for kind in kinds:
     rows, hits, near = [], 0, 0
     for i in range(num_clips):
-      clip = generator[kind, i]
+      try:
+        clip = generator[kind, i]
+      except ValueError as e:  # clips too short for this kind
+        raise UserError(str(e)) from None
       row = scores(*clips.frames(clip))
       onset = clip["onset"] if factor == 1 else (clip["onset"] - 1) // factor + 1  # its latent frame
       hits += row["argmax"] == onset

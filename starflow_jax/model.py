@@ -113,16 +113,16 @@ class FlowOutput:
   outputs: tuple[Array, ...]
 
 
-def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
-  """Shallow block `index` (0-based, applied in this order in the forward map)."""
+def _flow_block(config: ModelConfig, index: int, width: int, conditioning: str | None) -> FlowBlock:
+  """Flow block `index` of the model (0-based, in forward order) at `width`."""
   return FlowBlock(token_dim=config.token_dim,
-                   width=config.channels,
+                   width=width,
                    num_layers=config.block_layers[index],
                    head_dim=config.head_dim,
                    order=config.block_permutation(index),
                    pt_seq_len=config.rope_seq_len,
                    rope_layout=config.rope_layout,
-                   conditioning=None if config.cond_top_only else config.conditioning,
+                   conditioning=conditioning,
                    txt_dim=config.txt_dim,
                    num_classes=config.num_classes,
                    soft_clip=config.soft_clip,
@@ -134,30 +134,16 @@ def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
                    dtype=config.dtype,
                    remat=config.remat,
                    attention_block_size=config.attention_block_size)
+
+
+def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
+  """Shallow block `index` (0-based, applied in this order in the forward map)."""
+  return _flow_block(config, index, config.channels, None if config.cond_top_only else config.conditioning)
 
 
 def deep_block(config: ModelConfig) -> FlowBlock:
   """The deep (global, causal across frames, conditioned) block: the last one."""
-  index = config.num_blocks - 1
-  return FlowBlock(token_dim=config.token_dim,
-                   width=config.deep_channels,
-                   num_layers=config.block_layers[index],
-                   head_dim=config.head_dim,
-                   order=config.block_permutation(index),
-                   pt_seq_len=config.rope_seq_len,
-                   rope_layout=config.rope_layout,
-                   conditioning=config.conditioning,
-                   txt_dim=config.txt_dim,
-                   num_classes=config.num_classes,
-                   soft_clip=config.soft_clip,
-                   use_softplus=config.use_softplus,
-                   use_final_norm=config.use_final_norm,
-                   norm_type=config.norm_type,
-                   use_bias=config.use_bias,
-                   expansion=config.expansion,
-                   dtype=config.dtype,
-                   remat=config.remat,
-                   attention_block_size=config.attention_block_size)
+  return _flow_block(config, config.num_blocks - 1, config.deep_channels, config.conditioning)
 
 
 def shallow_blocks(config: ModelConfig) -> tuple[FlowBlock, ...]:
@@ -208,12 +194,12 @@ def token_nll(config: ModelConfig, output: "FlowOutput", num_frames: int) -> Arr
   z_tok, grid = tokens.patchify(z.astype(jnp.float32), config.patch_size)  # [B, T, N, D]
   b, t, n, d = z_tok.shape
   total = jnp.sum(0.5 * jnp.square(z_tok) + losses.HALF_LOG_2PI, axis=-1)
-  blocks = [shallow_block(config, i) for i in range(config.num_blocks - 1)] + [deep_block(config)]
-  for index, (block, logdet) in enumerate(zip(blocks, output.logdets)):
+  for index, logdet in enumerate(output.logdets):
     frame_local = index < config.num_blocks - 1 and config.shallow_block_local and num_frames > 1
     per_block = logdet.astype(jnp.float32).reshape(b * t, n, d) if frame_local else logdet.astype(jnp.float32).reshape(
         b, t * n, d)
-    total = total - jnp.sum(tokens.unpermute(per_block, block.order, n).reshape(b, t, n, d), axis=-1)
+    total = total - jnp.sum(tokens.unpermute(per_block, config.block_permutation(index), n).reshape(b, t, n, d),
+                            axis=-1)
   return total
 
 

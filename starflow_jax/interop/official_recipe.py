@@ -137,7 +137,13 @@ def read_yaml_arguments(path: str) -> dict[str, Any]:
 
 
 def _flag(value) -> bool:
-  return bool(int(value)) if isinstance(value, (int, float, str)) and str(value).lstrip("-").isdigit() else bool(value)
+  """An official 0/1 switch (an int, or its text as argparse would read it)."""
+  if not isinstance(value, str):
+    return bool(value)
+  try:
+    return bool(int(value))
+  except ValueError:
+    raise UserError(f"official switch value {value!r} is not 0 or 1") from None
 
 
 def _none(value):
