@@ -9,6 +9,10 @@
   python -m experiments.sample --workdir=... --mode=v2v --input=clip.gif --prompt=... ...
   # longer than training: the deep block slides its window (default: the training length)
   python -m experiments.sample --workdir=... --num_frames=36 --prompt=... --out=long.mp4
+  # streaming: each frame written to OUT_frames/ as soon as it is final, the prompt switched
+  # at latent frame 12, the MP4 at the end (--num_frames=0: without end, until Ctrl-C)
+  python -m experiments.sample --workdir=... --stream --num_frames=48 --prompt="a red circle moving left" \
+      --switch_prompt="12:a blue square moving up" --out=stream.mp4
 
 --workdir is a training workdir (its exported `model/`) or a model directory (e.g. from
 `starflow_jax.interop.convert official-to-jax`). Writes OUT (MP4; GIF if OUT ends in .gif),
@@ -75,6 +79,12 @@ def define_flags():
       "arrays", False, "also write the samples as float32 arrays [B, T, H, W, C] in "
       "[-1, 1] (OUT.npz, key 'videos'), for metrics without GIF/MP4 quantisation")
   flags.DEFINE_bool("multihost", False, "run on every host of a multi-host job (jax.distributed)")
+  flags.DEFINE_bool(
+      "stream", False, "write each frame to OUT_frames/ as soon as it is final and report the time "
+      "to the first frame and frames/s (--num_frames=0: without end, until Ctrl-C)")
+  flags.DEFINE_multi_string(
+      "switch_prompt", [], "with --stream, FRAME:CAPTION: condition the latent frames from FRAME "
+      "on on CAPTION (repeat the flag for several switches)")
   # The official sampler's names for the same settings.
   flags.DEFINE_alias("target_length", "num_frames")
   flags.DEFINE_alias("context_length", "context")
@@ -186,9 +196,14 @@ def output_paths(out: str, index: int | None) -> tuple[str, str]:
 def check_flags() -> None:
   """The flag mistakes that can be seen before anything is loaded."""
   output_paths(FLAGS.out, None)
-  if FLAGS.num_frames is not None and FLAGS.num_frames < 1:
+  if FLAGS.num_frames is not None and FLAGS.num_frames < (0 if FLAGS.stream else 1):
     raise UserError(f"--num_frames={FLAGS.num_frames} must be >= 1 (leave it out for the training "
-                    "clip length)")
+                    "clip length; 0 with --stream: without end)")
+  if FLAGS.stream and FLAGS.return_sequence:
+    raise UserError("--stream writes the finished frames; --return_sequence needs the whole clip (use one)")
+  if FLAGS.switch_prompt and not FLAGS.stream:
+    raise UserError("--switch_prompt switches a stream's prompt: add --stream")
+  prompt_switches()
   if FLAGS.num_samples < 1:
     raise UserError(f"--num_samples={FLAGS.num_samples} must be >= 1")
   if FLAGS.fps is not None and FLAGS.fps < 1:
@@ -199,6 +214,51 @@ def check_flags() -> None:
     raise UserError("--mode=t2v takes no --input; leave --mode out (or --mode=i2v) to start from the image")
   if FLAGS.input_frames is not None and FLAGS.input_frames < 1:
     raise UserError(f"--input_frames={FLAGS.input_frames} must be >= 1")
+
+
+def prompt_switches() -> list[tuple[int, str]]:
+  """--switch_prompt as [(latent frame, caption)] in frame order."""
+  switches = []
+  for value in FLAGS.switch_prompt:
+    frame, sep, caption = value.partition(":")
+    if not sep or not frame.strip().isdigit() or int(frame) < 1:
+      raise UserError(f"--switch_prompt={value!r} must be FRAME:CAPTION with FRAME >= 1, e.g. '12:a blue square'")
+    switches.append((int(frame), caption.strip()))
+  return sorted(switches)
+
+
+def stream_to_files(sampler: VideoSampler, prompts: list[str], num_frames: int | None, condition) -> None:
+  """--stream: frames to OUT_frames/ (OUT_i_frames/ per sample) as they come, then the videos."""
+  main_path = fileio.as_path(FLAGS.out)
+  stem = main_path.parent / main_path.name[:-len(main_path.suffix)]
+  batch = len(prompts) or FLAGS.num_samples
+  folders = [fileio.as_path(f"{stem}_frames" if batch == 1 else f"{stem}_{i}_frames") for i in range(batch)]
+  for folder in folders:
+    if folder.exists() and any(folder.iterdir()):
+      raise UserError(f"{folder} already holds frames; remove it or choose another --out")
+  stream = sampler.stream(prompts or None,
+                          num_frames or None,
+                          FLAGS.seed,
+                          batch_size=FLAGS.num_samples,
+                          condition_video=condition)
+  for at, caption in prompt_switches():
+    stream.set_prompt([caption] * batch, frame=at)
+  frames, start, first = [], time.time(), None
+  try:
+    for frame in stream:
+      frame = np.asarray(distributed.gather_to_host(frame))
+      first = first or time.time() - start
+      if distributed.is_primary():
+        for folder, image in zip(folders, frame):
+          media.save_png(folder / f"frame_{len(frames):05d}.png", image)
+      frames.append(frame)
+  except KeyboardInterrupt:  # a stream without end stops here; what came is written
+    log.info("stopped after %d frames", len(frames))
+  total = time.time() - start
+  rate = (len(frames) - 1) / max(total - first, 1e-9) if len(frames) > 1 else 0.0
+  print(f"first frame after {first or 0:.2f}s; {len(frames)} frames in {total:.2f}s ({rate:.2f} frames/s after "
+        "the first)")
+  return np.stack(frames, axis=1) if frames else None
 
 
 def main(argv):
@@ -227,15 +287,21 @@ def main(argv):
     max_frames = 1 if mode == "i2v" else FLAGS.input_frames
     condition = load_frames(FLAGS.input, sampler.pixel_size, max_frames)[None]
   start = time.time()
-  videos = sampler.generate(prompts or None,
-                            num_frames,
-                            FLAGS.seed,
-                            condition_video=condition,
-                            batch_size=FLAGS.num_samples,
-                            return_sequence=FLAGS.return_sequence)
-  if FLAGS.return_sequence:  # side by side along the width, as officially
-    videos = jnp.concatenate(videos, axis=-2)
-  videos = distributed.gather_to_host(videos)  # collective: every process gets all samples
+  if FLAGS.stream:
+    videos = stream_to_files(sampler, prompts, FLAGS.num_frames if FLAGS.num_frames is not None else num_frames,
+                             condition)
+    if videos is None:
+      return
+  else:
+    videos = sampler.generate(prompts or None,
+                              num_frames,
+                              FLAGS.seed,
+                              condition_video=condition,
+                              batch_size=FLAGS.num_samples,
+                              return_sequence=FLAGS.return_sequence)
+    if FLAGS.return_sequence:  # side by side along the width, as officially
+      videos = jnp.concatenate(videos, axis=-2)
+    videos = distributed.gather_to_host(videos)  # collective: every process gets all samples
   if videos.ndim == 4:
     videos = videos[:, None]
   log.info("generated %d clip(s) of %d frames in %.1fs (%s, guidance %.2g, denoise %s)", len(videos), videos.shape[1],

@@ -54,6 +54,12 @@ def save_gif(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str:
       lambda p: images[0].save(p, save_all=True, append_images=images[1:], duration=max(1, int(1000 / fps)), loop=0))
 
 
+def save_png(path, frame: np.ndarray, min_side: int = 128) -> str:
+  """One frame [H, W, C] in [-1, 1] as a PNG (upscaled as the videos are)."""
+  image = Image.fromarray(upscale(to_uint8(frame[None]), min_side)[0])
+  return _atomic(path, lambda p: image.save(p, format="PNG"))
+
+
 def save_mp4(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str | None:
   """Writes an H.264 MP4 with the ffmpeg binary bundled by imageio-ffmpeg; None if unavailable."""
   frames = upscale(to_uint8(video), min_side)

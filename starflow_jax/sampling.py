@@ -13,6 +13,10 @@
      Tweedie step, by default; the official sampler uses 0.3), or the flow's own score
      x + sigma^2 grad log p(x), or none; windowed with overlap for long videos;
   4. the autoencoder's decoder.
+The noise of each latent frame comes from its own key (`frame_noise`), so a clip starts as a
+longer one does, and `stream` yields the frames of `generate` one by one as each is final,
+for any length: the deep block's token buffer then holds one window, rolled forward as it
+slides, and `VideoStream.set_prompt` switches the condition from a given frame on.
 Over several devices or hosts (`mesh`; by default all devices of a multi-host run) the sampler
 lays the devices out as [hosts, local devices]: a batch is split over all of them when it
 divides the device count, else over the hosts when it divides the host count (2 samples on 2
@@ -214,6 +218,7 @@ class VideoSampler:
     self._prefill = jax.jit(tempered(self._prefill_impl), static_argnums=(3,), donate_argnums=(1,))
     self._run = jax.jit(tempered(self._run_impl), static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
     self._reencode = jax.jit(tempered(self._reencode_impl), static_argnums=(4, 5), donate_argnums=(1,))
+    self._roll = jax.jit(self._roll_impl, donate_argnums=(0, 1))
     self._frame_tokens = jax.jit(self._frame_tokens_impl, static_argnums=(2, 3))
     self._shallow = jax.jit(tempered(self._shallow_impl), static_argnums=(3, 4, 5))
     self._prefix_tokens = jax.jit(functools.partial(inverse.prefix_tokens, self.config))
@@ -272,11 +277,21 @@ class VideoSampler:
     out = None if self.mesh is None else self._batch_sharding(shape[0])
     return _normal_fn(tuple(shape), out)(jax.random.PRNGKey(seed))
 
+  def frame_noise(self, seed: int, batch: int, first: int, count: int) -> Array:
+    """The sampling noise z [B, count, H, W, C] of latent frames first.. (temperature applied):
+    each frame's from its own key, so a clip's noise does not depend on its length (a stream and
+    `generate` draw the same numbers)."""
+    height, width = self.latent_size
+    frame_shape = (batch, height, width, self.config.in_channels)
+    out = None if self.mesh is None else self._batch_sharding(batch)
+    z = _frame_noise_fn(frame_shape, count, out)(jax.random.PRNGKey(seed), np.int32(first))
+    return self.options.temperature * z
+
   def compiled_functions(self) -> list:
     """The jitted functions (their cache sizes count compilations)."""
     return [
-        self._encode_text, self._start, self._prefill, self._run, self._reencode, self._frame_tokens, self._shallow,
-        self._prefix_tokens, self._denoiser, self._score_step, self._take_frames, self._merge_frames
+        self._encode_text, self._start, self._prefill, self._run, self._reencode, self._roll, self._frame_tokens,
+        self._shallow, self._prefix_tokens, self._denoiser, self._score_step, self._take_frames, self._merge_frames
     ]
 
   # ------------------------------------------------------------------ conditions
@@ -349,20 +364,14 @@ class VideoSampler:
     video-to-video: the source clip, with "(v2v) " leading the prompt for v2v).
     """
     cfg = self.config
-    if cond is None and prompts is not None:
-      cond, null_cond = self.encode_prompts(prompts, num_frames)
-    if cfg.conditioning is not None and cond is None:
-      raise UserError("the model is conditioned: give prompts (or cond embeddings)")
+    cond, null_cond = self._conditions(prompts, cond, null_cond, num_frames)
     batch = cond.shape[0] if cond is not None else batch_size
     if not cfg.is_video and num_frames != 1:
       raise UserError(f"num_frames={num_frames}, but this is an image model; use num_frames=1")
     if num_frames < 1:
       raise UserError(f"num_frames={num_frames} must be >= 1")
     latent_frames = self.autoencoder.latent_frames(num_frames)
-    height, width = self.latent_size
-    shape = (batch, latent_frames, height, width, cfg.in_channels)
-    cond, null_cond = self.place(cond), self.place(null_cond)
-    z = self.options.temperature * self._normal(seed, shape)
+    z = self.frame_noise(seed, batch, 0, latent_frames)
     prefix = None
     if condition_video is not None:
       prefix = self._condition_latents(condition_video, batch, latent_frames, seed)
@@ -375,6 +384,81 @@ class VideoSampler:
     if not cfg.is_video:
       pixels, latents = pixels[:, 0], latents[:, 0]
     return (pixels, latents) if return_latents else pixels
+
+  def stream(self,
+             prompts: str | Sequence[str] | None,
+             num_frames: int | None = None,
+             seed: int = 0,
+             *,
+             cond: Array | None = None,
+             null_cond: Array | None = None,
+             batch_size: int = 1,
+             condition_video: np.ndarray | None = None) -> "VideoStream":
+    """The video `generate` would make, as an iterator of pixel frames [B, H, W, C] in [-1, 1],
+    each yielded as soon as it is final: deep block -> shallow blocks -> denoiser (which waits
+    for its look-ahead) -> the autoencoder's next decode chunk. num_frames None: without end,
+    through the sliding window (options.window); memory stays that of one window and nothing
+    recompiles after the first window. `VideoStream.set_prompt` switches the condition."""
+    cfg = self.config
+    if not cfg.is_video:
+      raise UserError("streaming needs a video model; this is an image model (use generate)")
+    if not cfg.shallow_block_local or (self.jacobi_options is not None and self.jacobi_options.reference_compatible):
+      raise UserError("streaming decodes frame by frame: it needs frame-local shallow blocks "
+                      "(model.shallow_block_local) and a Jacobi without reference_compatible")
+    if num_frames is not None and num_frames < 1:
+      raise UserError(f"num_frames={num_frames} must be >= 1 (or None: without end)")
+    latent_frames = None if num_frames is None else self.autoencoder.latent_frames(num_frames)
+    self._window_frames(latent_frames)  # a stream without end needs a window: say so now
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    cond, null_cond = self._conditions(prompts, cond, null_cond, num_frames)
+    batch = cond.shape[0] if cond is not None else batch_size
+    video = VideoStream(self, batch, num_frames)
+    video.condition(cond, null_cond)
+    prefix = None
+    if condition_video is not None:
+      prefix = self._condition_latents(condition_video, batch, latent_frames or np.inf, seed)
+    video.frames = self._stream_frames(video, latent_frames, seed, prefix)
+    return video
+
+  def _conditions(self, prompts, cond, null_cond, num_frames):
+    """(condition, null condition), placed: encoded prompts, or the given embeddings."""
+    if cond is None and prompts is not None:
+      cond, null_cond = self.encode_prompts(prompts, num_frames)
+    if self.config.conditioning is not None and cond is None:
+      raise UserError("the model is conditioned: give prompts (or cond embeddings)")
+    return self.place(cond), self.place(null_cond)
+
+  def _stream_frames(self, video: "VideoStream", latent_frames: int | None, seed: int, prefix: Array | None):
+    """The generator behind `stream`: pixel frames [B, H, W, C] as they become final."""
+    p, batch = self.config.patch_size, video.batch
+    height, width = self.latent_size
+    frame_grid = TokenGrid(1, height // p, width // p)
+    noise = lambda first, count: tokens.patchify(self.frame_noise(seed, batch, first, count), p)[0]
+    prefix_tok = None if prefix is None else self._prefix_tokens(self.params, prefix, video.cond)
+    deep = self._deep_frames(noise, latent_frames, frame_grid, video.condition_at, video.guidance, prefix_tok, batch)
+    noisy, conds = {}, {}  # latent frame -> noisy latents [B, 1, H, W, C] and its condition
+
+    def decode_until(count: int) -> None:  # latent frames [0, count) through the flow's inverse
+      while video.frames_decoded < count:
+        f, deep_tokens = next(deep)
+        x = tokens.unpatchify(self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0), frame_grid, p)
+        noisy[f] = x if prefix is None or f >= prefix.shape[1] else prefix[:, f:f + 1]
+        conds[f], video.frames_decoded = video.cond, f + 1
+
+    window, windows = self._denoise_schedule(latent_frames)
+    decoder = self.autoencoder.decoder()
+    for start, keep in windows:
+      end = start + window
+      for old in [g for g in noisy if g < start]:  # memory: one denoising window of latents
+        del noisy[old], conds[old]
+      for f in range(keep, end):
+        decode_until(self._denoised_after(f, end))
+        x = noisy[f]
+        if self.denoise_mode != "none":  # frames past what frame f depends on are zeros
+          chunk = jnp.concatenate([noisy.get(g, jnp.zeros_like(x)) for g in range(start, end)], axis=1)
+          x = self._denoise_fn(conds[f])(chunk)[:, f - start:f - start + 1]
+        yield from _frames_of(decoder.push(x))
+    yield from _frames_of(decoder.finish())
 
   def _condition_latents(self, video, batch: int, latent_frames: int, seed: int) -> Array:
     video = np.asarray(video, np.float32)
@@ -452,49 +536,86 @@ class VideoSampler:
     return x if prefix is None else x.at[:, :prefix.shape[1]].set(prefix)
 
   def _deep_inverse(self, z_tok, grid, cond, guidance: float, prefix_tok, on_frame):
-    """Host loop over frames of the deep block's inverse; returns raster tokens [B, T, N, D]."""
-    b, t, n, d = z_tok.shape
-    s_total = t * n
-    window = min(t, self.options.window or t)
+    """The deep block's inverse of raster noise tokens [B, T, N, D] (`_deep_frames` over the
+    whole clip); returns raster tokens [B, T, N, D], calling on_frame(f, tokens) per frame."""
+    b, t = z_tok.shape[:2]
+    padded = jnp.concatenate([z_tok, jnp.zeros_like(z_tok)], axis=1)  # noise asked past the end
+    noise = lambda first, count: self._take_frames(padded, np.int32(first), count)
+    bar = tqdm.tqdm(total=t,
+                    desc="deep block",
+                    unit="frame",
+                    disable=not self.options.progress or not distributed.is_primary(),
+                    leave=False)
+    frames = []
+    for f, deep_tokens in self._deep_frames(noise, t, grid, lambda frame: cond, guidance, prefix_tok, b):
+      if on_frame is not None:
+        on_frame(f, deep_tokens)
+      frames.append(deep_tokens)
+      bar.update(1)
+    bar.close()
+    return jnp.stack(frames, axis=1)
+
+  def _window_frames(self, num_frames: int | None) -> tuple[int, int]:
+    """(window, context) in latent frames for a clip of `num_frames` (None: without end)."""
+    if num_frames is None and self.options.window is None:
+      raise UserError("a stream without num_frames needs a sliding window: set window (and context) "
+                      "in the sampling options (--window=...)")
+    window = self.options.window if num_frames is None else min(num_frames, self.options.window or num_frames)
     context = self.options.context if self.options.context is not None else window - 1
+    if num_frames is None and context < 1:
+      raise UserError(f"window={window} leaves no context for a stream without end; use window >= 2")
+    return window, context
+
+  def _deep_frames(self, noise, num_frames: int | None, grid, condition, guidance: float, prefix_tok, batch: int):
+    """Yields (frame, raster tokens [B, N, D]) of the deep block's inverse, each once it is final.
+
+    noise(first, count): raster noise tokens [B, count, N, D] of frames first.. (any values past
+    the last frame); num_frames None: without end. condition(frame): the deep block's condition
+    for a frame; where it changes (a stream's `set_prompt`), the window restarts at that frame
+    from the last `context` frames under the new condition. Past the first window the token buffer and the
+    noise keep `window` frames, rolled forward on the device as the window slides (memory flat
+    in length), except for the official-compatible Jacobi, whose buffer holds the whole clip.
+    Slides re-encode the last `context` frames (positions restart), as the official sampler."""
+    n = grid.tokens_per_frame
+    window, context = self._window_frames(num_frames)
+    rolling = context >= 1 and not (self.jacobi_options is not None and self.jacobi_options.reference_compatible)
+    span = window if rolling else num_frames  # frames in the buffer
+    total = None if num_frames is None else num_frames * n
     window_grid = TokenGrid(window, grid.height, grid.width)
-    z_perm = tokens.permute(z_tok.reshape(b, s_total, d), self.deep.order, n).astype(jnp.float32)
-    params = self.params
+    permuted = lambda x: tokens.permute(x.reshape(batch, -1, x.shape[-1]), self.deep.order, n).astype(jnp.float32)
+    params, cond = self.params, condition(0)
+    z_perm = permuted(noise(0, span))
     state = self._start(params, z_perm, cond, window_grid, guidance)
-    start = 0
+    base = start = 0  # token indices: the buffer's first token, the next token to decode
     if prefix_tok is not None:
-      p_perm = tokens.permute(prefix_tok.reshape(b, -1, d), self.deep.order, n)
+      p_perm = permuted(prefix_tok)
       if p_perm.shape[1] > window * n:
         raise UserError(f"the conditioning clip ({prefix_tok.shape[1]} frames) is longer than the "
                         f"window ({window} frames)")
       state = self._prefill(params, state, p_perm, window_grid)
       start = p_perm.shape[1]
-    done = start // n
-    if on_frame is not None:
-      for f in range(done):
-        on_frame(f, self._frame_tokens(state.buffer, np.int32(f), n, b))
-    target = min(s_total, window * n)
-    bar = tqdm.tqdm(total=t,
-                    initial=done,
-                    desc="deep block",
-                    unit="frame",
-                    disable=not self.options.progress or not distributed.is_primary(),
-                    leave=False)
-    while True:
+    for f in range(start // n):
+      yield f, self._frame_tokens(state.buffer, np.int32(f), n, batch)
+    target = window * n if total is None else min(total, window * n)
+    while total is None or start < total:
+      if start == target or condition(start // n) is not cond:  # slide the window, or a new condition
+        cond, context_start = condition(start // n), max(start - context * n, 0)
+        if start == 0:
+          state = self._start(params, z_perm, cond, window_grid, guidance)
+        else:
+          if rolling and context_start > base:
+            state, z_perm = self._roll(state, z_perm, permuted(noise(base // n + span, span)),
+                                       np.int32(context_start - base))
+            base = context_start
+          state = self._reencode(params, state, cond, np.int32(start - base), start - context_start, window_grid)
+        target = context_start + window * n if total is None else min(total, context_start + window * n)
       for first, size, count in jacobi.span_calls(start, target, n, self.jacobi_options, per_frame=True):
-        state = self._run(params, state, z_perm, np.int32(first), size, count, window_grid, guidance)
-        start = first + size * count
-        for f in range(done, start // n):
-          if on_frame is not None:
-            on_frame(f, self._frame_tokens(state.buffer, np.int32(f), n, b))
-        bar.update(start // n - done)
-        done = start // n
-      if target >= s_total:
-        break
-      target = min(target + (window - context) * n, s_total)
-      state = self._reencode(params, state, cond, np.int32(start), context * n, window_grid)
-    bar.close()
-    return decoding.end_block(self.deep, state, b, TokenGrid(t, grid.height, grid.width)).reshape(b, t, n, d)
+        if first % n == 0 and condition(first // n) is not cond:
+          break
+        state = self._run(params, state, z_perm, np.int32(first - base), size, count, window_grid, guidance)
+        previous, start = start, first + size * count
+        for f in range(previous // n, start // n):
+          yield f, self._frame_tokens(state.buffer, np.int32(f - base // n), n, batch)
 
   # ------------------------------------------------------------------ compiled implementations
   def _start_impl(self, params, z_perm, cond, grid, guidance):
@@ -511,6 +632,16 @@ class VideoSampler:
   def _reencode_impl(self, params, state: DecodeState, cond, start, context_tokens: int, grid):
     return decoding.reencode_context(self.deep, model_lib.deep_params(params), state, cond, start, context_tokens, grid,
                                      self.config.cond_len)
+
+  def _roll_impl(self, state: DecodeState, z_perm, next_perm, shift):
+    """The buffer and noise (block order, [B', F*N] tokens) moved `shift` tokens forward, the
+    noise of the F frames after them (`next_perm`) filling the end (the initial iterate there)."""
+    size = z_perm.shape[1]
+    reps = state.buffer.shape[0] // next_perm.shape[0]
+    body = jnp.concatenate([state.buffer[:, 1:], jnp.concatenate([next_perm] * reps, axis=0)], axis=1)
+    buffer = jnp.concatenate([state.buffer[:, :1], jax.lax.dynamic_slice_in_dim(body, shift, size, axis=1)], axis=1)
+    z_perm = jax.lax.dynamic_slice_in_dim(jnp.concatenate([z_perm, next_perm], axis=1), shift, size, axis=1)
+    return state.replace(buffer=buffer), z_perm
 
   def _frame_tokens_impl(self, buffer, frame, n: int, batch: int):
     """Raster tokens [B, N, D] of a finished frame (the deep block's orders are per frame)."""
@@ -534,30 +665,107 @@ class VideoSampler:
     """The final denoising step on noisy latents x~ (see the module docstring)."""
     if self.denoise_mode == "none":
       return latents
+    return self._windowed(latents, self._denoise_fn(cond))
+
+  def _denoise_fn(self, cond: Array | None):
+    """Noisy latents [B, T, H, W, C] -> denoised (the learned denoiser or the flow's score)."""
     sigma = self.options.noise_std
     if self.denoise_mode == "score":
-      return self._windowed(latents, lambda x: self._score_step(self.params, x, cond, sigma))
+      return lambda x: self._score_step(self.params, x, cond, sigma)
     step = sigma if self.options.denoise_step is None else self.options.denoise_step
-    return self._windowed(latents, lambda x: x - step * self._denoiser(self.params, x, cond))
+    return lambda x: x - step * self._denoiser(self.params, x, cond)
+
+  def _denoise_schedule(self, num_frames: int | None):
+    """(window length, its (start, keep) pairs): the denoiser runs on windows of `window` frames
+    (inputs always the noisy latents); frames [keep, start + window) come from the one at
+    `start`, the first that covers them with `denoiser_window` frames of overlap behind them."""
+    cfg = self.config
+    window = self._window_frames(num_frames)[0] if cfg.is_video else 1
+    overlap = min(window - 1, cfg.denoiser_window if cfg.denoiser_window is not None else window - 1)
+    return window, denoise_windows(num_frames, window, overlap)
 
   def _windowed(self, latents: Array, fn) -> Array:
-    """fn on windows of `window` frames (inputs always the noisy latents); a frame's output comes
-    from the first window that covers it with `denoiser_window` frames of overlap behind it."""
-    cfg = self.config
-    t = latents.shape[1] if cfg.is_video else 1
-    window = min(t, self.options.window or t)
-    if not cfg.is_video or window >= t:
+    """fn on the denoising windows of a clip (`_denoise_schedule`), merged."""
+    t = latents.shape[1] if self.config.is_video else 1
+    window, windows = self._denoise_schedule(t)
+    if window >= t:
       return fn(latents)
-    overlap = min(window - 1, cfg.denoiser_window if cfg.denoiser_window is not None else window - 1)
-    out, written, start = latents, 0, 0
-    while written < t:  # every window has the same length and dynamic offsets: no recompilation
-      start = min(start, t - window)
+    out = latents
+    for start, keep in windows:  # every window has the same length and dynamic offsets: no recompilation
       chunk = fn(self._take_frames(latents, np.int32(start), window))
-      keep = max(written, start + (overlap if start > 0 else 0))
       out = self._merge_frames(out, chunk, np.int32(start), np.int32(keep))
-      written = start + window
-      start += window - overlap
     return out
+
+  def _denoised_after(self, frame: int, window_end: int) -> int:
+    """The latent frames (a count from 0) that frame `frame`'s denoised value depends on, in a
+    denoising window ending at `window_end`: the learned denoiser looks A - 1 frames ahead per
+    layer (A = temporal_causal; 0 = the whole window), the flow's score sees the whole window."""
+    cfg = self.config
+    if self.denoise_mode == "none":
+      return frame + 1
+    if self.denoise_mode == "learned" and cfg.temporal_causal >= 1:
+      return min(window_end, frame + 1 + cfg.denoiser_layers * (cfg.temporal_causal - 1))
+    return window_end
+
+
+class VideoStream:
+  """One streamed video (`VideoSampler.stream`): iterate it for pixel frames [B, H, W, C] in
+  [-1, 1]; `set_prompt` switches the condition. frames_decoded: latent frames the flow has
+  inverted so far (the denoiser's look-ahead and the decoder's chunks keep it ahead of the
+  frames yielded)."""
+
+  def __init__(self, sampler: VideoSampler, batch: int, num_frames: int | None):
+    self.sampler, self.batch, self.num_frames = sampler, batch, num_frames
+    self.frames_decoded, self.frames = 0, iter(())
+    self.cond = self.deep_cond = None
+    self.guidance = 0.0
+    self._switches = []  # [(latent frame, cond, null_cond)] in frame order
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Array:
+    return next(self.frames)
+
+  def condition(self, cond: Array | None, null_cond: Array | None) -> None:
+    """Conditions the frames from now on (the stream's inverse reads `deep_cond`)."""
+    sampler = self.sampler
+    self.cond = cond
+    self.deep_cond, self.guidance = inverse.guided_condition(sampler.config, cond, null_cond, sampler.options.guidance,
+                                                             sampler.bundle.null_condition)
+
+  def condition_at(self, frame: int):
+    """The deep block's condition for latent frame `frame`, after the switches due by then."""
+    while self._switches and self._switches[0][0] <= frame:
+      self.condition(*self._switches.pop(0)[1:])
+    return self.deep_cond
+
+  def set_prompt(self,
+                 prompts: str | Sequence[str] | None = None,
+                 *,
+                 cond: Array | None = None,
+                 null_cond: Array | None = None,
+                 frame: int | None = None) -> int:
+    """Conditions the latent frames from `frame` on (default: the next one the flow inverts) on
+    `prompts` (or embeddings): there the deep block re-encodes its last `context` frames under
+    them and goes on. Returns the latent frame the switch applies from."""
+    frame = self.frames_decoded if frame is None else frame
+    if frame < self.frames_decoded:
+      raise UserError(f"latent frame {frame} is already inverted (the stream is at frame {self.frames_decoded}); "
+                      f"switch at frame {self.frames_decoded} or later")
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    cond, null_cond = self.sampler._conditions(prompts, cond, null_cond, self.num_frames)
+    if cond is not None and cond.shape[0] != self.batch:
+      raise UserError(f"the new condition has batch {cond.shape[0]} but the stream has {self.batch}; "
+                      "give one prompt per sample")
+    self._switches = sorted(self._switches + [(frame, cond, null_cond)], key=lambda s: s[0])
+    return frame
+
+
+def _frames_of(pixels: Array | None):
+  """The frames [B, H, W, C] of a decoded chunk [B, k, H, W, C] (none for None)."""
+  for i in range(0 if pixels is None else pixels.shape[1]):
+    yield pixels[:, i]
 
 
 @functools.lru_cache(maxsize=None)
@@ -573,10 +781,33 @@ def host_major_mesh(devices) -> Mesh:
 
 
 @functools.lru_cache(maxsize=None)
+def _frame_noise_fn(frame_shape: tuple[int, ...], count: int, out_sharding):
+  """key, first -> N(0, 1) [B, count, ...]: frame first + i from fold_in(key, first + i)."""
+
+  def noise(key, first):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(count))
+    return jax.vmap(lambda k: jax.random.normal(k, frame_shape), out_axes=1)(keys)
+
+  return jax.jit(noise) if out_sharding is None else jax.jit(noise, out_shardings=out_sharding)
+
+
+@functools.lru_cache(maxsize=None)
 def _normal_fn(shape: tuple[int, ...], out_sharding):
   if out_sharding is None:
     return jax.jit(lambda key: jax.random.normal(key, shape))
   return jax.jit(lambda key: jax.random.normal(key, shape), out_shardings=out_sharding)
+
+
+def denoise_windows(num_frames: int | None, window: int, overlap: int):
+  """(start, keep) of the denoising windows of `window` frames over a clip (None: without end):
+  frames [keep, start + window) come from the window at `start`; windows advance by
+  window - overlap, and the last is moved back to end with the clip."""
+  written, start = 0, 0
+  while num_frames is None or written < num_frames:
+    if num_frames is not None:
+      start = max(0, min(start, num_frames - window))
+    yield start, max(written, start + (overlap if start > 0 else 0))
+    written, start = start + window, start + window - overlap
 
 
 def _merge_frames(out: Array, chunk: Array, start, keep) -> Array:

@@ -3,6 +3,7 @@
 
 import contextlib
 import dataclasses
+import io
 import os
 
 import imageio.v3 as iio
@@ -103,6 +104,26 @@ class TrainedModelTest(absltest.TestCase):
           "--num_frames=6", f"--out={out}"
       ])
       self.assertEqual(self._frames(out).shape[0], 6)
+
+  def test_stream_writes_frames_as_they_come(self):
+    tmp = self.create_tempdir().full_path
+    out = os.path.join(tmp, "stream.gif")
+    argv = [
+        f"--workdir={self.workdir}", f"--prompt={self.prompt}", "--num_frames=7", "--stream", "--method=jacobi",
+        "--switch_prompt=4:a blue square moving up", f"--out={out}"
+    ]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+      run_cli(argv)
+    self.assertRegex(printed.getvalue(), r"first frame after [0-9.]+s; 7 frames in [0-9.]+s \([0-9.]+ frames/s")
+    folder = os.path.join(tmp, "stream_frames")
+    self.assertEqual(sorted(os.listdir(folder)), [f"frame_{i:05d}.png" for i in range(7)])
+    self.assertEqual(self._frames(out).shape[0], 7)
+    with self.assertRaisesRegex(ValueError, "stream_frames already holds frames; remove it"):
+      run_cli(argv)  # the frames of the first run are kept
+    self.assertLen(os.listdir(folder), 7)
+    for bad, message in (("--switch_prompt=x:red", "must be FRAME:CAPTION"), ("--return_sequence", "use one")):
+      with self.assertRaisesRegex(ValueError, message):
+        run_cli(argv[:-1] + [bad, f"--out={os.path.join(tmp, 'other.gif')}"])
 
   def test_bad_requests_name_the_problem(self):
     with self.assertRaisesRegex(ValueError, "only 2 are generated"):

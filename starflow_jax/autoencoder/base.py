@@ -52,16 +52,65 @@ class AutoencoderConfig:
     frames 1.. times temporal_scale."""
     return scale_later_frames((raw - self.shift) * self.scale, self.temporal_scale)
 
-  def denormalise(self, latents: jnp.ndarray) -> jnp.ndarray:
-    """The inverse of `normalise`."""
-    return scale_later_frames(latents, 1.0 / self.temporal_scale) / self.scale + self.shift
+  def denormalise(self, latents: jnp.ndarray, first_frame: int = 0) -> jnp.ndarray:
+    """The inverse of `normalise`; `first_frame`: the video frame index of latents[:, 0] (a chunk
+    of a longer video: only the video's frame 0 escapes temporal_scale)."""
+    return scale_later_frames(latents, 1.0 / self.temporal_scale, first_frame) / self.scale + self.shift
 
 
-def scale_later_frames(latents: jnp.ndarray, factor: float) -> jnp.ndarray:
-  """Latent frames 1.. of [B, T, H, W, C] times `factor`; frame 0 and single frames unchanged."""
-  if factor == 1.0 or latents.ndim != 5 or latents.shape[1] < 2:
+def scale_later_frames(latents: jnp.ndarray, factor: float, first_frame: int = 0) -> jnp.ndarray:
+  """Latent frames 1.. of a video [B, T, H, W, C] times `factor`; frame 0 and single images
+  unchanged. `first_frame` > 0: the latents are frames first_frame.. of a video (all scaled)."""
+  if factor == 1.0 or latents.ndim != 5:
+    return latents
+  if first_frame > 0:
+    return latents * factor
+  if latents.shape[1] < 2:
     return latents
   return jnp.concatenate([latents[:, :1], latents[:, 1:] * factor], axis=1)
+
+
+class ChunkedDecoder:
+  """Latent frames in as they come, pixel frames out as soon as they are final, in the fixed
+  chunks an autoencoder decodes a whole video in (so `decode` is this, fed everything at once,
+  and a streamed video equals a decoded one exactly).
+
+  step(latents, context, first_frame) decodes one chunk: `latents` [B, context + k, ...] are the
+  chunk's k latent frames behind `context` earlier ones (at most `context_frames`), first_frame
+  the video index of the chunk's first frame; it returns the chunk's own pixel frames. Chunk 0
+  has `first_size` latent frames, later ones `size`; the last may be shorter (`finish`)."""
+
+  def __init__(self, step, first_size: int, size: int, context_frames: int = 0):
+    self.step, self.first_size, self.size, self.context_frames = step, first_size, size, context_frames
+    self.pending, self.history, self.frames_done = [], [], 0
+
+  def push(self, latents: jnp.ndarray) -> jnp.ndarray | None:
+    """Latent frames [B, k, ...] -> the pixel frames they complete [B, k', ...] (None: none yet)."""
+    out = []
+    for i in range(latents.shape[1]):
+      self.pending.append(latents[:, i:i + 1])
+      if len(self.pending) == (self.first_size if self.frames_done == 0 else self.size):
+        out.append(self._decode_pending())
+    return jnp.concatenate(out, axis=1) if out else None
+
+  def finish(self) -> jnp.ndarray | None:
+    """The pixels of the last, shorter chunk (None when nothing is pending)."""
+    return self._decode_pending() if self.pending else None
+
+  def _decode_pending(self) -> jnp.ndarray:
+    context = self.history[-self.context_frames:] if self.context_frames else []
+    pixels = self.step(jnp.concatenate(context + self.pending, axis=1), len(context), self.frames_done)
+    self.frames_done += len(self.pending)
+    if self.context_frames:
+      self.history = (self.history + self.pending)[-self.context_frames:]
+    self.pending = []
+    return pixels
+
+
+def decode_whole(decoder: ChunkedDecoder, latents: jnp.ndarray) -> jnp.ndarray:
+  """A whole video through a fresh `ChunkedDecoder`."""
+  pieces = [p for p in (decoder.push(latents), decoder.finish()) if p is not None]
+  return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
 
 
 def _on_mesh(autoencoder, mesh, lazy: tuple[str, ...]):
@@ -99,6 +148,10 @@ class IdentityAutoencoder:
 
   def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
     return self.config.denormalise(latents)
+
+  def decoder(self) -> ChunkedDecoder:
+    """Decodes latent frames one by one as they come (see `ChunkedDecoder`)."""
+    return ChunkedDecoder(lambda x, context, first: self.config.denormalise(x, first), 1, 1)
 
 
 class CausalVAEAutoencoder:
@@ -143,19 +196,20 @@ class CausalVAEAutoencoder:
     return self.config.normalise(raw)
 
   def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
-    """Latents -> pixels. Long videos are decoded in chunks of `decode_chunk` latent frames, each
-    with DECODE_CONTEXT earlier latent frames in front (the decoder's whole causal receptive field),
-    of which only the chunk's own pixel frames are kept: memory stays flat, results are exact."""
-    raw = self.config.denormalise(latents)
-    t, chunk = raw.shape[1], max(1, self.config.decode_chunk)
-    if t <= chunk + DECODE_CONTEXT:
-      return self._decode_chunk(self.params, raw)
-    pieces = [self._decode_chunk(self.params, raw[:, :chunk])]
-    for start in range(chunk, t, chunk):
-      end = min(start + chunk, t)
-      pixels = self._decode_chunk(self.params, raw[:, max(0, start - DECODE_CONTEXT):end])
-      pieces.append(pixels[:, -self.temporal_factor * (end - start):])
-    return jnp.concatenate(pieces, axis=1)
+    """Latents -> pixels, in chunks of `decode_chunk` latent frames, each with DECODE_CONTEXT
+    earlier latent frames in front (the decoder's whole causal receptive field), of which only
+    the chunk's own pixel frames are kept: memory stays flat, results are exact."""
+    return decode_whole(self.decoder(), latents)
+
+  def decoder(self) -> ChunkedDecoder:
+    """Decodes latent frames as they come, `decode_chunk` at a time (see `ChunkedDecoder`)."""
+    chunk = max(1, self.config.decode_chunk)
+
+    def step(latents, context: int, first_frame: int):
+      pixels = self._decode_chunk(self.params, self.config.denormalise(latents, first_frame - context))
+      return pixels[:, -self.temporal_factor * (latents.shape[1] - context):] if first_frame else pixels
+
+    return ChunkedDecoder(step, chunk, chunk, DECODE_CONTEXT)
 
 
 class WanAutoencoder:
@@ -204,7 +258,14 @@ class WanAutoencoder:
     return self.config.normalise(self.runner.normalise(self.runner.encode(video)))
 
   def decode(self, latents: jnp.ndarray) -> jnp.ndarray:
-    return self.runner.decode(self.runner.denormalise(self.config.denormalise(latents)))
+    return decode_whole(self.decoder(), latents)
+
+  def decoder(self) -> ChunkedDecoder:
+    """Decodes latent frame 0, then `decode_chunk` frames at a time with the WAN feature cache
+    (see `ChunkedDecoder`)."""
+    steps = self.runner.chunk_decoder()
+    return ChunkedDecoder(lambda x, context, first: steps(self.runner.denormalise(self.config.denormalise(x, first))),
+                          1, self.runner.decode_chunk)
 
 
 class PretrainedLatentSpace:

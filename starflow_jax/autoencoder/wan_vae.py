@@ -574,15 +574,24 @@ class WanVAERunner:
 
   def decode(self, z: Array) -> Array:
     """Raw latents [B, T', h, w, z] -> pixels [B, 1 + 4(T' - 1), H, W, C] in [-1, 1]."""
-    if z.ndim != 5 or z.shape[-1] != self.config.z_dim:
-      raise UserError(f"the WAN VAE decodes latents [B, T, h, w, {self.config.z_dim}], got {tuple(z.shape)}")
-    z = self._place(z)
-    out, cache = self._decode[True](self.params, None, z[:, :1])
-    pieces = [out]
-    for start in range(1, z.shape[1], self.decode_chunk):
-      out, cache = self._decode[False](self.params, cache, z[:, start:start + self.decode_chunk])
-      pieces.append(out)
+    step = self.chunk_decoder()
+    pieces = [step(z[:, :1])
+             ] + [step(z[:, start:start + self.decode_chunk]) for start in range(1, z.shape[1], self.decode_chunk)]
     return jnp.concatenate(pieces, axis=1)
+
+  def chunk_decoder(self):
+    """A decoder of one video, chunk by chunk: call it on raw latent frame 0, then on the
+    following chunks in order ([B, k, h, w, z] -> their pixel frames); it keeps the feature cache."""
+    cache = None
+
+    def step(z: Array) -> Array:
+      nonlocal cache
+      if z.ndim != 5 or z.shape[-1] != self.config.z_dim:
+        raise UserError(f"the WAN VAE decodes latents [B, T, h, w, {self.config.z_dim}], got {tuple(z.shape)}")
+      out, cache = self._decode[cache is None](self.params, cache, self._place(z))
+      return out
+
+    return step
 
   def normalise(self, raw: Array) -> Array:
     """(raw - latents_mean) / latents_std per channel (identity when the config has none)."""
