@@ -116,6 +116,8 @@ class ToTrainingExample(grain.transforms.Map):
       out["label"] = np.int32(element["label"])
     if "text_embeddings" in element:  # pre-encoded data
       out["text_embeddings"] = np.asarray(element["text_embeddings"], np.float32)
+    if "actions" in element:  # per-frame action ids (world models)
+      out["actions"] = np.asarray(element["actions"], np.int32)
     for key in self.keep:
       out[key] = element[key]
     return out

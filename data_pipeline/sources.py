@@ -1,6 +1,8 @@
 """Data sources by name, from the experiment config's `data` section.
 
   data.source = 'shapes'   procedural captioned moving shapes (data.shapes: ShapesConfig fields)
+                'agent_world'  an agent moved by per-frame actions among bouncing shapes
+                           (data.agent_world: AgentWorldConfig fields; clips carry 'actions')
                 'digits'   scikit-learn's bundled 8x8 digits (optional extra), labels + captions
                 'tfds'     a tensorflow-datasets dataset read through ArrayRecord (data.tfds)
                 'latents'  pre-encoded ArrayRecord shards (data.latents_dir)
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from data_pipeline import digits, latents, tfds_sources
+from data_pipeline.agent_world import AgentWorldConfig, AgentWorldSource
 from data_pipeline.pipeline import ToTrainingExample
 from data_pipeline.shapes import MovingShapesSource, ShapesConfig
 from starflow_jax.errors import UserError
@@ -24,6 +27,14 @@ def shapes_config(data: ml_collections.ConfigDict, split: str = "train") -> Shap
   if split != "train":  # held-out clips: a different seed stream
     values["seed"] = values["seed"] + 1_000_003
   return ShapesConfig(**values).validate()
+
+
+def agent_world_config(data: ml_collections.ConfigDict, split: str = "train") -> AgentWorldConfig:
+  values = data.agent_world.to_dict()
+  values.setdefault("seed", 0)
+  if split != "train":  # held-out clips: a different seed stream
+    values["seed"] = values["seed"] + 1_000_003
+  return AgentWorldConfig(**values).validate()
 
 
 class SourceKind:
@@ -62,6 +73,19 @@ class _Shapes(SourceKind):
 
   def example_shape(self, data):
     c = shapes_config(data)
+    return c.num_frames, c.height, c.width, 3
+
+
+class _AgentWorld(SourceKind):
+
+  def build(self, data, split):
+    return AgentWorldSource(agent_world_config(data, split))
+
+  def vocabulary(self, data):
+    return []
+
+  def example_shape(self, data):
+    c = agent_world_config(data)
     return c.num_frames, c.height, c.width, 3
 
 
@@ -109,7 +133,13 @@ class _Latents(SourceKind):
     return bool(latents.read_metadata(data.latents_dir).get("text_embeddings"))
 
 
-SOURCES: dict[str, SourceKind] = {"shapes": _Shapes(), "digits": _Digits(), "tfds": _Tfds(), "latents": _Latents()}
+SOURCES: dict[str, SourceKind] = {
+    "shapes": _Shapes(),
+    "agent_world": _AgentWorld(),
+    "digits": _Digits(),
+    "tfds": _Tfds(),
+    "latents": _Latents()
+}
 
 
 def source_kind(data: ml_collections.ConfigDict) -> SourceKind:

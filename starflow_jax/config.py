@@ -77,6 +77,9 @@ class ModelConfig:
   # Flash (block-wise) attention in tiles of this many tokens for longer sequences: the memory
   # of attention grows with the sequence instead of its square (None: dense attention).
   attention_block_size: int | None = None
+  # Per-frame discrete actions (world models): an embedding of frame n's action enters the deep
+  # block at frame n's positions (ids 0..num_actions-1; num_actions is the null action).
+  num_actions: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "layers_per_block", tuple(int(n) for n in self.layers_per_block))
@@ -211,10 +214,13 @@ class ModelConfig:
       fail(f"compute_dtype={self.compute_dtype!r} must be float32, bfloat16 or float16")
     if self.attention_block_size is not None and self.attention_block_size < 1:
       fail(f"attention_block_size={self.attention_block_size} must be >= 1 (None: dense attention)")
+    if self.num_actions < 0 or (self.num_actions and not self.is_video):
+      fail(f"num_actions={self.num_actions}: per-frame actions need a video model (temporal_causal > 0), 0 or more")
     return self
 
   # ------------------------------------------------------------------ official kwargs
-  _OURS = ("num_classes", "denoiser_layers", "compute_dtype", "remat", "expansion", "attention_block_size")
+  _OURS = ("num_classes", "denoiser_layers", "compute_dtype", "remat", "expansion", "attention_block_size",
+           "num_actions")
 
   @classmethod
   def from_official_kwargs(cls, kwargs: Mapping[str, Any], **overrides) -> "ModelConfig":
@@ -259,6 +265,9 @@ class ModelConfig:
       raise UserError(f"denoiser_layers={self.denoiser_layers}: the official denoiser has 8 layers")
     if self.expansion != 4.0:
       raise UserError(f"expansion={self.expansion}: the official Model always uses MLP expansion 4")
+    if self.num_actions:
+      raise UserError(f"num_actions={self.num_actions}: action conditioning has no official equivalent; "
+                      "export a model without actions")
     out = {}
     for f in dataclasses.fields(self):
       if f.name in self._OURS:

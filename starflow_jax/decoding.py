@@ -13,14 +13,14 @@ token loops are `lax.fori_loop`s with the KV cache as explicit state.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from starflow_jax import tokens
-from starflow_jax.flow import FlowBlock, affine_inverse, guided_affine
+from starflow_jax.flow import FlowBlock, affine_inverse, frame_actions, guided_affine
 from starflow_jax.rope import TokenGrid
 
 Array = jnp.ndarray
@@ -40,18 +40,29 @@ class DecodeState:
   cache: per-layer {"k", "v"} [B', L + S_cache, H, Dh].
   position_offset: int32 scalar; token i sits at cache/RoPE position i - position_offset (a
     sliding window re-bases the cache on its context; 0 otherwise).
+  actions: int32 [B', S] the action id of each token's frame (action-conditioned blocks; the
+    null action in the guided half), or None.
   """
 
   buffer: Array
   cache: list
   position_offset: Array
+  actions: Any = None
 
 
-def start_decoding(block: FlowBlock, params, z_perm: Array, grid: TokenGrid, cond: Array | None,
-                   guided: bool) -> DecodeState:
+def start_decoding(block: FlowBlock,
+                   params,
+                   z_perm: Array,
+                   grid: TokenGrid,
+                   cond: Array | None,
+                   guided: bool,
+                   actions: Array | None = None) -> DecodeState:
   """Buffer [sos, z] (noise as the initial guess) and a cache holding the condition prefix.
 
-  The cache covers `grid` (its frames may be fewer than z's: a sliding window re-bases it)."""
+  The cache covers `grid` (its frames may be fewer than z's: a sliding window re-bases it).
+  actions: per-token action ids [B, S] (block order) of an action-conditioned block."""
+  if actions is not None:
+    actions = guided_actions(block, actions.astype(jnp.int32), guided)
   if guided:
     z_perm = jnp.concatenate([z_perm, z_perm], axis=0)
   batch = z_perm.shape[0]
@@ -62,7 +73,29 @@ def start_decoding(block: FlowBlock, params, z_perm: Array, grid: TokenGrid, con
   sos = call_block(block, params, FlowBlock.start_tokens, batch)
   return DecodeState(buffer=jnp.concatenate([sos, z_perm.astype(jnp.float32)], axis=1),
                      cache=cache,
-                     position_offset=jnp.zeros((), jnp.int32))
+                     position_offset=jnp.zeros((), jnp.int32),
+                     actions=actions)
+
+
+def guided_actions(block: FlowBlock, actions: Array, guided: bool) -> Array:
+  """Action ids [B, ...] as the decoder's batch: [actions; null action] when guided."""
+  if not guided:
+    return actions
+  return jnp.concatenate([actions, jnp.full_like(actions, block.num_actions)], axis=0)
+
+
+def token_actions(state: DecodeState, first, count: int) -> Array | None:
+  """The action ids [B', count] of tokens first .. first+count-1 (None without actions)."""
+  if state.actions is None:
+    return None
+  return jax.lax.dynamic_slice_in_dim(state.actions, first, count, axis=1)
+
+
+def write_actions(block: FlowBlock, state: DecodeState, actions: Array, first) -> DecodeState:
+  """Sets the action ids [B, M] of tokens first .. first+M-1 (the null action in a guided half)."""
+  guided = state.buffer.shape[0] == 2 * actions.shape[0]
+  ids = guided_actions(block, actions.astype(jnp.int32), guided)
+  return state.replace(actions=jax.lax.dynamic_update_slice_in_dim(state.actions, ids, first, axis=1))
 
 
 def prefill_tokens(block: FlowBlock, params, state: DecodeState, given_perm: Array, grid: TokenGrid,
@@ -73,7 +106,8 @@ def prefill_tokens(block: FlowBlock, params, state: DecodeState, given_perm: Arr
   given = jnp.concatenate([given_perm] * reps, 0).astype(jnp.float32)
   buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, given, 1, axis=1)
   inputs = buffer[:, :given.shape[1]]  # shifted: [sos, u_0 .. u_{S'-2}]
-  _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, state.cache, grid, cond_len)
+  _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, state.cache, grid, cond_len,
+                           token_actions(state, 0, given.shape[1]))
   return state.replace(buffer=buffer, cache=cache)
 
 
@@ -86,15 +120,24 @@ def reencode_context(block: FlowBlock, params, state: DecodeState, cond: Array |
     cache = call_block(block, params, FlowBlock.prefill_condition, cond, cache, grid)
   context = jax.lax.dynamic_slice_in_dim(state.buffer, start + 1 - context_tokens, context_tokens, axis=1)
   inputs = jnp.concatenate([state.buffer[:, :1], context[:, :-1]], axis=1)
-  _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, cache, grid, cond_len)
+  _, _, cache = call_block(block, params, FlowBlock.decode_step, inputs, 0, cache, grid, cond_len,
+                           token_actions(state, start - context_tokens, context_tokens))
   return state.replace(cache=cache, position_offset=jnp.asarray(start - context_tokens, jnp.int32))
 
 
-def affine_params(block: FlowBlock, params, inputs: Array, start, cache, grid: TokenGrid, cond_len: int,
-                  guidance: float) -> tuple[Array, Array, list]:
-  """(scale, shift) for tokens start .. start+M-1 from shifted inputs [B', M, D], guided if
-  guidance > 0 (then [B, M, D] from the doubled batch), and the updated cache."""
-  scale, shift, cache = call_block(block, params, FlowBlock.decode_step, inputs, start, cache, grid, cond_len)
+def affine_params(block: FlowBlock,
+                  params,
+                  inputs: Array,
+                  start,
+                  cache,
+                  grid: TokenGrid,
+                  cond_len: int,
+                  guidance: float,
+                  actions: Array | None = None) -> tuple[Array, Array, list]:
+  """(scale, shift) for tokens start .. start+M-1 from shifted inputs [B', M, D] (and their
+  frames' action ids [B', M]), guided if guidance > 0 (then [B, M, D] from the doubled batch),
+  and the updated cache."""
+  scale, shift, cache = call_block(block, params, FlowBlock.decode_step, inputs, start, cache, grid, cond_len, actions)
   if guidance > 0:
     scale, shift = guided_affine(scale, shift, guidance)
   return scale, shift, cache
@@ -117,7 +160,7 @@ def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, f
     t = first + i
     inputs = jax.lax.dynamic_slice_in_dim(state.buffer, t, 1, axis=1)  # [B', 1, D]: token t-1
     scale, shift, cache = affine_params(block, params, inputs, t - state.position_offset, state.cache, grid, cond_len,
-                                        guidance)
+                                        guidance, token_actions(state, t, 1))
     z_t = jax.lax.dynamic_slice_in_dim(z_rows, t, 1, axis=1)
     x_t = affine_inverse(z_t, shift, scale)  # [B, 1, D]
     return state.replace(buffer=write_tokens(state.buffer, x_t, t), cache=cache)
@@ -131,28 +174,38 @@ def sequential_inverse(block: FlowBlock,
                        grid: TokenGrid,
                        cond: Array | None = None,
                        guidance: float = 0.0,
-                       given: Array | None = None) -> Array:
+                       given: Array | None = None,
+                       actions: Array | None = None) -> Array:
   """Inverts one flow block token by token: raster noise z [B, S, D] -> raster tokens [B, S, D].
 
   u_i = z_i * s_i + b_i with (s_i, b_i) from u_<i: one transformer step per token against the
   KV cache, in a `lax.fori_loop`. With guidance > 0, `cond` is [cond; null] (2B rows) and each
   token is decoded with the guided affine parameters, both halves continuing from it.
   `given`: raster tokens [B, S', D] taken as tokens 0..S'-1 (whole frames), decoding the rest.
+  actions: per-frame action ids [B, T] of an action-conditioned block.
   """
   if block.num_layers == 0:
     return z
-  state, z_perm, first, cond_len = begin_block(block, params, z, grid, cond, guidance, given)
+  state, z_perm, first, cond_len = begin_block(block, params, z, grid, cond, guidance, given, actions)
   state = decode_tokens(block, params, state, z_perm, first, z.shape[1] - first, grid, cond_len, guidance)
   return end_block(block, state, z.shape[0], grid)
 
 
-def begin_block(block: FlowBlock, params, z: Array, grid: TokenGrid, cond: Array | None, guidance: float,
-                given: Array | None) -> tuple[DecodeState, Array, int, int]:
+def begin_block(block: FlowBlock,
+                params,
+                z: Array,
+                grid: TokenGrid,
+                cond: Array | None,
+                guidance: float,
+                given: Array | None,
+                actions: Array | None = None) -> tuple[DecodeState, Array, int, int]:
   """(state, z in block order, first token to decode, condition length) for inverting a block on
-  raster noise z [B, S, D], with `given` raster tokens [B, S', D] prefilled when not None."""
+  raster noise z [B, S, D], with `given` raster tokens [B, S', D] prefilled when not None and
+  per-frame action ids [B, T] when the block reads actions."""
   frame_len = grid.tokens_per_frame
   z_perm = tokens.permute(z, block.order, frame_len).astype(jnp.float32)
-  state = start_decoding(block, params, z_perm, grid, cond, guidance > 0)
+  ids = None if actions is None or not block.num_actions else frame_actions(actions, grid)
+  state = start_decoding(block, params, z_perm, grid, cond, guidance > 0, ids)
   cond_len = call_block(block, params, FlowBlock.cond_len, cond)
   if given is None:
     return state, z_perm, 0, cond_len

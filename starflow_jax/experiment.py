@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipeline import latents, sources
+from data_pipeline import agent_world, latents, sources
 from starflow_jax import sharding
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, defaults_from_options
@@ -298,8 +298,18 @@ def validate_experiment(config: ml_collections.ConfigDict, num_devices: int | No
   _check_batch(exp, jax.device_count() if num_devices is None else num_devices)
   _check_train(exp)
   _check_text(exp)
+  _check_actions(exp)
   _check_shapes(exp)
   return exp
+
+
+def _check_actions(exp: Experiment) -> None:
+  """Per-frame actions: the model reads as many as the data source has."""
+  has_actions = exp.data.source == "agent_world"
+  wanted = len(agent_world.ACTIONS) if has_actions else 0
+  if exp.model.num_actions != wanted:
+    where = f"data.source={exp.data.source!r} " + (f"has {wanted} actions" if has_actions else "has no actions")
+    raise UserError(f"model.num_actions={exp.model.num_actions} but {where}; set model.num_actions={wanted}")
 
 
 def _check_batch(exp: Experiment, num_devices: int) -> None:

@@ -78,6 +78,7 @@ class FlowBlock(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   attention_block_size: int | None = None  # flash attention past this many tokens (None: dense)
+  num_actions: int = 0  # per-frame actions (ids 0..num_actions-1; num_actions = null); 0: none
 
   def setup(self):
     if self.num_layers == 0:
@@ -100,6 +101,13 @@ class FlowBlock(nn.Module):
                                   dtype=self.dtype,
                                   param_dtype=jnp.float32,
                                   embedding_init=layers.logical(layers.dense_init(), (axes.CLASSES, axes.EMBED)))
+    if self.num_actions:
+      self.action_embed = nn.Embed(self.num_actions + 1,
+                                   w,
+                                   dtype=self.dtype,
+                                   param_dtype=jnp.float32,
+                                   embedding_init=layers.logical(nn.initializers.normal(0.02),
+                                                                 (axes.CLASSES, axes.EMBED)))
     layer_cls = layers.layer_class(self.remat)
     self.layers = [
         layer_cls(num_heads=w // self.head_dim,
@@ -138,6 +146,17 @@ class FlowBlock(nn.Module):
     cos, sin = rope.rope_table(grid, cond_len, self.pt_seq_len, self.head_dim, self.rope_layout)
     return jnp.asarray(cos), jnp.asarray(sin)
 
+  def embed_inputs(self, inputs: Array, actions: Array | None) -> Array:
+    """Shifted inputs [B, M, D] -> the transformer's input [B, M, W]: proj_in, plus the
+    embedding of the action of the frame each position predicts (actions [B, M] ids, or None:
+    the null action) in an action-conditioned block."""
+    h = self.proj_in(inputs.astype(self.dtype))
+    if not self.num_actions:
+      return h
+    if actions is None:
+      actions = jnp.full(inputs.shape[:2], self.num_actions, jnp.int32)
+    return h + self.action_embed(actions.astype(jnp.int32))
+
   def start_tokens(self, batch: int) -> Array:
     """The learned start token, [B, 1, D] float32."""
     return jnp.broadcast_to(self.sos, (batch, 1, self.token_dim))
@@ -151,18 +170,24 @@ class FlowBlock(nn.Module):
     return affine_scale(a, self.use_softplus), b
 
   # ------------------------------------------------------------------ forward (training)
-  def __call__(self, x: Array, grid: TokenGrid, cond: Array | None = None) -> tuple[Array, Array]:
+  def __call__(self,
+               x: Array,
+               grid: TokenGrid,
+               cond: Array | None = None,
+               actions: Array | None = None) -> tuple[Array, Array]:
     """forward_and_log_det: raster tokens x [B, S, D] -> (z [B, S, D] raster, logdet).
 
     logdet [B, S, D] is -log(scale) per element in this block's token order (as the official
-    code returns it). All tokens are transformed at once (teacher forcing).
+    code returns it). All tokens are transformed at once (teacher forcing). actions: per-frame
+    ids [B, T] of an action-conditioned block (`frame_actions`); they enter each frame's
+    positions, so an action changes nothing before its frame.
     """
     if self.num_layers == 0:
       return x, jnp.zeros(x.shape, jnp.float32)
     b, s, _ = x.shape
     u = tokens.permute(x, self.order, grid.tokens_per_frame)  # [B, S, D] block order
     shifted = jnp.concatenate([self.start_tokens(b), u[:, :-1].astype(jnp.float32)], axis=1)
-    h = self.proj_in(shifted.astype(self.dtype))  # [B, S, W]
+    h = self.embed_inputs(shifted, None if actions is None else frame_actions(actions, grid))  # [B, S, W]
     cond_len = self.cond_len(cond)
     if cond_len:
       h = jnp.concatenate([self.condition_prefix(cond), h], axis=1)  # [B, L+S, W]
@@ -191,10 +216,16 @@ class FlowBlock(nn.Module):
       new_cache.append(layer_cache)
     return new_cache
 
-  def decode_step(self, inputs: Array, start: Array | int, cache: list, grid: TokenGrid,
-                  cond_len: int) -> tuple[Array, Array, list]:
+  def decode_step(self,
+                  inputs: Array,
+                  start: Array | int,
+                  cache: list,
+                  grid: TokenGrid,
+                  cond_len: int,
+                  actions: Array | None = None) -> tuple[Array, Array, list]:
     """Runs M shifted inputs [B, M, D] (tokens start-1 .. start+M-2, the first being sos when
     start == 0) at sequence positions cond_len + start + i against the cache; writes their K/V.
+    actions: the ids [B, M] of the frames of tokens start .. start+M-1 (action-conditioned blocks).
 
     Returns (scale, shift) [B, M, D] float32 for tokens start .. start+M-1, and the new cache.
     """
@@ -203,13 +234,19 @@ class FlowBlock(nn.Module):
     pos = cond_len + start
     cos_m = jax.lax.dynamic_slice_in_dim(cos, pos, m, axis=0)
     sin_m = jax.lax.dynamic_slice_in_dim(sin, pos, m, axis=0)
-    h = self.proj_in(inputs.astype(self.dtype))
+    h = self.embed_inputs(inputs, actions)
     new_cache = []
     for layer, layer_cache in zip(self.layers, cache):
       h, layer_cache = layer(h, cos_m, sin_m, None, layer_cache, pos)
       new_cache.append(layer_cache)
     scale, shift = self.head(h)
     return scale, shift, new_cache
+
+
+def frame_actions(actions: Array, grid: TokenGrid) -> Array:
+  """Per-frame action ids [B, T] -> per-token ids [B, T*N] (a frame's tokens share its action;
+  the same in every token order that keeps frames in time order)."""
+  return jnp.repeat(actions.astype(jnp.int32), grid.tokens_per_frame, axis=1)
 
 
 def guided_affine(scale: Array, shift: Array, guidance: float | Array) -> tuple[Array, Array]:

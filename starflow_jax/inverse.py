@@ -41,7 +41,8 @@ class BlockInverse(Protocol):
                grid: TokenGrid,
                cond: Array | None,
                guidance: float,
-               given: Array | None = None) -> Array:
+               given: Array | None = None,
+               actions: Array | None = None) -> Array:
     ...
 
 
@@ -111,12 +112,15 @@ def invert(config: ModelConfig,
            block_inverse: BlockInverse = decoding.sequential_inverse,
            prefix: Array | None = None,
            guide_top: bool = False,
-           attn_temp: float = 1.0) -> Array:
+           attn_temp: float = 1.0,
+           actions: Array | None = None) -> Array:
   """Noise z (latent layout [B, H, W, C] or [B, T, H, W, C]) -> latents x, inverting every block.
 
   prefix: latents of the first Tp frames [B, Tp, H, W, C] (image-to-video, continuation), kept.
   guide_top: guidance in the deep block only. attn_temp: softmax temperature of every attention
   of the inversion (not of the prefix's forward pass), as the official --attn_temp.
+  actions: per-frame ids [B, T] of an action-conditioned model (read by the deep block; guided
+  with the null action in the doubled batch).
   Jit it with `config`, `guidance`, `block_inverse`, `guide_top` and `attn_temp` static
   (`sample_sequential`, `sample_jacobi`).
   """
@@ -128,23 +132,25 @@ def invert(config: ModelConfig,
   if prefix is not None:
     given = prefix_tokens(config, params, prefix, cond).reshape(b, -1, d)  # [B, Tp*N, D]
   with layers.attention_temperature(attn_temp):
-    h = _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_inverse, given, guide_top)
+    h = _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_inverse, given, guide_top, actions)
   x = tokens.unpatchify(h, grid, config.patch_size)
   if prefix is not None:
     x = x.at[:, :prefix.shape[1]].set(prefix)
   return x[:, 0] if is_image else x
 
 
-def _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_inverse, given, guide_top):
+def _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_inverse, given, guide_top, actions):
   """The deep block's inverse, then the shallow blocks': noise tokens [B, T, N, D] -> tokens."""
   b, t, n, d = z_tok.shape
+  with_actions = {} if actions is None else {"actions": actions}
   h = block_inverse(model_lib.deep_block(config),
                     model_lib.deep_params(params),
                     z_tok.reshape(b, t * n, d),
                     grid,
                     deep_cond,
                     deep_guidance,
-                    given=given)
+                    given=given,
+                    **with_actions)
   return shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse,
                          guide_top)
 

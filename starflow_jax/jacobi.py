@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from starflow_jax import decoding
-from starflow_jax.decoding import DecodeState, affine_params, write_tokens
+from starflow_jax.decoding import DecodeState, affine_params, token_actions, write_tokens
 from starflow_jax.errors import UserError
 from starflow_jax.flow import FlowBlock, affine_inverse
 from starflow_jax.rope import TokenGrid
@@ -123,7 +123,8 @@ def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, sta
       prev_inputs = jax.lax.dynamic_slice_in_dim(buf, prev_start, size, axis=1)
       inputs = jnp.where(jnp.logical_and(use_prev, carry.iteration == 0), prev_inputs, inputs)
     position = start - carry.state.position_offset
-    scale, shift, cache = affine_params(block, params, inputs, position, carry.state.cache, grid, cond_len, guidance)
+    scale, shift, cache = affine_params(block, params, inputs, position, carry.state.cache, grid, cond_len, guidance,
+                                        token_actions(carry.state, start, size))
     new_x = affine_inverse(z_block, shift, scale)  # [B, m, D]
     old_x = jax.lax.dynamic_slice_in_dim(buf, start + 1, size, axis=1)[:batch]
     change = jnp.mean(jnp.square(new_x - old_x)) / jnp.mean(jnp.square(new_x))
@@ -206,16 +207,17 @@ def jacobi_inverse(block: FlowBlock,
                    guidance: float = 0.0,
                    given: Array | None = None,
                    options: JacobiOptions = JacobiOptions(),
-                   return_iterations: bool = False):
+                   return_iterations: bool = False,
+                   actions: Array | None = None):
   """Inverts one flow block by block-wise Jacobi: raster noise z [B, S, D] -> raster tokens.
 
   Same contract as `decoding.sequential_inverse` (cond is [cond; null] when guidance > 0; `given`
-  raster tokens are kept). With return_iterations, also returns the iterations of every Jacobi
+  raster tokens are kept; per-frame `actions` for an action-conditioned block). With return_iterations, also returns the iterations of every Jacobi
   block (int32 [num_blocks]).
   """
   if block.num_layers == 0:
     return (z, jnp.zeros((0,), jnp.int32)) if return_iterations else z
-  state, z_perm, first, cond_len = decoding.begin_block(block, params, z, grid, cond, guidance, given)
+  state, z_perm, first, cond_len = decoding.begin_block(block, params, z, grid, cond, guidance, given, actions)
   iterations = [jnp.zeros((0,), jnp.int32)]
   for start, size, count in span_calls(first, z.shape[1], grid.tokens_per_frame, options):
     state, its = solve_run(block, params, state, z_perm, jnp.int32(start), size, count, grid, cond_len, guidance,

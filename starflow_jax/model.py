@@ -113,7 +113,11 @@ class FlowOutput:
   outputs: tuple[Array, ...]
 
 
-def _flow_block(config: ModelConfig, index: int, width: int, conditioning: str | None) -> FlowBlock:
+def _flow_block(config: ModelConfig,
+                index: int,
+                width: int,
+                conditioning: str | None,
+                num_actions: int = 0) -> FlowBlock:
   """Flow block `index` of the model (0-based, in forward order) at `width`."""
   return FlowBlock(token_dim=config.token_dim,
                    width=width,
@@ -133,7 +137,8 @@ def _flow_block(config: ModelConfig, index: int, width: int, conditioning: str |
                    expansion=config.expansion,
                    dtype=config.dtype,
                    remat=config.remat,
-                   attention_block_size=config.attention_block_size)
+                   attention_block_size=config.attention_block_size,
+                   num_actions=num_actions)
 
 
 def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
@@ -142,8 +147,9 @@ def shallow_block(config: ModelConfig, index: int) -> FlowBlock:
 
 
 def deep_block(config: ModelConfig) -> FlowBlock:
-  """The deep (global, causal across frames, conditioned) block: the last one."""
-  return _flow_block(config, config.num_blocks - 1, config.deep_channels, config.conditioning)
+  """The deep (global, causal across frames, conditioned) block: the last one; the only one
+  that reads per-frame actions."""
+  return _flow_block(config, config.num_blocks - 1, config.deep_channels, config.conditioning, config.num_actions)
 
 
 def shallow_blocks(config: ModelConfig) -> tuple[FlowBlock, ...]:
@@ -219,14 +225,15 @@ class StarFlow(nn.Module):
     if cfg.learnable_self_denoiser:
       self.denoiser = denoiser(cfg)
 
-  def __call__(self, x: Array, cond: Array | None = None) -> FlowOutput:
-    """The forward map data -> noise with every block's log-det (for the loss and likelihood)."""
+  def __call__(self, x: Array, cond: Array | None = None, actions: Array | None = None) -> FlowOutput:
+    """The forward map data -> noise with every block's log-det (for the loss and likelihood).
+    actions: per-frame ids [B, T] for action-conditioned models (None: the null action)."""
     cfg = self.config
     video, is_image = tokens.as_video(x)
     x_tok, grid = tokens.patchify(video, cfg.patch_size)  # [B, T, N, D]
     b, t, n, d = x_tok.shape
     h, logdets, outputs = self._shallow_forward(x_tok, grid, cond, is_image)
-    z_tok, logdet = self.deep_block(h.reshape(b, t * n, d), grid, cond)
+    z_tok, logdet = self.deep_block(h.reshape(b, t * n, d), grid, cond, actions)
     z_tok = z_tok.reshape(b, t, n, d)
     z = tokens.unpatchify(z_tok, grid, cfg.patch_size)
     return FlowOutput(z=z[:, 0] if is_image else z, logdets=logdets + (logdet,), outputs=outputs + (z_tok,))
@@ -300,9 +307,13 @@ def _compiled_init(config: ModelConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def forward(config: ModelConfig, params, x: Array, cond: Array | None = None) -> FlowOutput:
+def forward(config: ModelConfig,
+            params,
+            x: Array,
+            cond: Array | None = None,
+            actions: Array | None = None) -> FlowOutput:
   """Compiled forward map (data -> noise with log-dets): StarFlow(config).apply."""
-  return StarFlow(config).apply({"params": params}, x, cond)
+  return StarFlow(config).apply({"params": params}, x, cond, actions)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

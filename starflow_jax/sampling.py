@@ -215,6 +215,7 @@ class VideoSampler:
     # entries are written under it, where the official computes its I2V context at temperature 1).
     tempered = functools.partial(_under_attention_temperature, options.attn_temp)
     self._start = jax.jit(tempered(self._start_impl), static_argnums=(3, 4))
+    self._write_actions = jax.jit(self._write_actions_impl, static_argnums=(3,), donate_argnums=(0,))
     self._prefill = jax.jit(tempered(self._prefill_impl), static_argnums=(3,), donate_argnums=(1,))
     self._run = jax.jit(tempered(self._run_impl), static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
     self._reencode = jax.jit(tempered(self._reencode_impl), static_argnums=(4, 5), donate_argnums=(1,))
@@ -290,8 +291,9 @@ class VideoSampler:
   def compiled_functions(self) -> list:
     """The jitted functions (their cache sizes count compilations)."""
     return [
-        self._encode_text, self._start, self._prefill, self._run, self._reencode, self._roll, self._frame_tokens,
-        self._shallow, self._prefix_tokens, self._denoiser, self._score_step, self._take_frames, self._merge_frames
+        self._encode_text, self._start, self._write_actions, self._prefill, self._run, self._reencode, self._roll,
+        self._frame_tokens, self._shallow, self._prefix_tokens, self._denoiser, self._score_step, self._take_frames,
+        self._merge_frames
     ]
 
   # ------------------------------------------------------------------ conditions
@@ -356,12 +358,14 @@ class VideoSampler:
                batch_size: int = 1,
                condition_video: np.ndarray | None = None,
                return_latents: bool = False,
-               return_sequence: bool = False):
+               return_sequence: bool = False,
+               actions=None):
     """Videos [B, T, H, W, C] in [-1, 1] (images [B, H, W, C] for image models).
 
     prompts: one per sample (or `cond` embeddings). condition_video: pixels [B or 1, Tc, H, W, C]
     in [-1, 1], used as the first Tc frames (image-to-video: Tc = 1; continuation and
-    video-to-video: the source clip, with "(v2v) " leading the prompt for v2v).
+    video-to-video: the source clip, with "(v2v) " leading the prompt for v2v). actions: action
+    ids [B or 1, T'] per latent frame of an action-conditioned model (num_actions: the null one).
     """
     cfg = self.config
     cond, null_cond = self._conditions(prompts, cond, null_cond, num_frames)
@@ -376,9 +380,9 @@ class VideoSampler:
     if condition_video is not None:
       prefix = self._condition_latents(condition_video, batch, latent_frames, seed)
     if return_sequence:  # every stage decoded, no denoiser (the official return_sequence)
-      stages = [self.autoencoder.decode(s) for s in self.sample_latents(z, cond, null_cond, prefix, True)]
+      stages = [self.autoencoder.decode(s) for s in self.sample_latents(z, cond, null_cond, prefix, True, actions)]
       return [s[:, 0] for s in stages] if not cfg.is_video else stages
-    latents = self.sample_latents(z, cond, null_cond, prefix)
+    latents = self.sample_latents(z, cond, null_cond, prefix, actions=actions)
     latents = self.denoise(latents, cond)
     pixels = self.autoencoder.decode(latents)
     if not cfg.is_video:
@@ -393,12 +397,15 @@ class VideoSampler:
              cond: Array | None = None,
              null_cond: Array | None = None,
              batch_size: int = 1,
-             condition_video: np.ndarray | None = None) -> "VideoStream":
+             condition_video: np.ndarray | None = None,
+             actions=None) -> "VideoStream":
     """The video `generate` would make, as an iterator of pixel frames [B, H, W, C] in [-1, 1],
     each yielded as soon as it is final: deep block -> shallow blocks -> denoiser (which waits
     for its look-ahead) -> the autoencoder's next decode chunk. num_frames None: without end,
     through the sliding window (options.window); memory stays that of one window and nothing
-    recompiles after the first window. `VideoStream.set_prompt` switches the condition."""
+    recompiles after the first window. `VideoStream.set_prompt` switches the condition.
+    actions (action-conditioned models): ids [B or 1, T'] per latent frame, or a function
+    frame -> ids [B] asked just before the frame is decoded (interactive control)."""
     cfg = self.config
     if not cfg.is_video:
       raise UserError("streaming needs a video model; this is an image model (use generate)")
@@ -417,7 +424,8 @@ class VideoSampler:
     prefix = None
     if condition_video is not None:
       prefix = self._condition_latents(condition_video, batch, latent_frames or np.inf, seed)
-    video.frames = self._stream_frames(video, latent_frames, seed, prefix)
+    video.frames = self._stream_frames(video, latent_frames, seed, prefix,
+                                       self._action_source(actions, batch, latent_frames))
     return video
 
   def _conditions(self, prompts, cond, null_cond, num_frames):
@@ -428,14 +436,44 @@ class VideoSampler:
       raise UserError("the model is conditioned: give prompts (or cond embeddings)")
     return self.place(cond), self.place(null_cond)
 
-  def _stream_frames(self, video: "VideoStream", latent_frames: int | None, seed: int, prefix: Array | None):
+  def _action_source(self, actions, batch: int, latent_frames: int | None):
+    """frame -> action ids [B] for `_deep_frames` from ids [B or 1, T'] or a function (checked)."""
+    count = self.config.num_actions
+    if actions is None:
+      return None
+    if not count:
+      raise UserError("this model takes no actions (model.num_actions = 0); leave actions out")
+
+    def checked(frame: int, ids) -> np.ndarray:
+      ids = np.broadcast_to(np.asarray(ids, np.int64).reshape(-1), (batch,))
+      if ids.min() < 0 or ids.max() > count:
+        raise UserError(f"action ids of frame {frame} are {ids.tolist()}; the model knows 0..{count - 1} "
+                        f"({count}: no action)")
+      return ids.astype(np.int32)
+
+    if callable(actions):
+      return lambda frame: checked(frame, actions(frame))
+    table = np.asarray(actions)
+    table = table[None] if table.ndim == 1 else table
+    if table.ndim != 2 or table.shape[0] not in (1, batch) or (latent_frames and table.shape[1] < latent_frames):
+      raise UserError(f"actions of shape {list(np.shape(actions))}: give [batch, frames] ids with a batch of 1 or "
+                      f"{batch} and at least {latent_frames} latent frames")
+    return lambda frame: checked(frame, table[:, frame] if frame < table.shape[1] else count)
+
+  def _stream_frames(self,
+                     video: "VideoStream",
+                     latent_frames: int | None,
+                     seed: int,
+                     prefix: Array | None,
+                     action_at=None):
     """The generator behind `stream`: pixel frames [B, H, W, C] as they become final."""
     p, batch = self.config.patch_size, video.batch
     height, width = self.latent_size
     frame_grid = TokenGrid(1, height // p, width // p)
     noise = lambda first, count: tokens.patchify(self.frame_noise(seed, batch, first, count), p)[0]
     prefix_tok = None if prefix is None else self._prefix_tokens(self.params, prefix, video.cond)
-    deep = self._deep_frames(noise, latent_frames, frame_grid, video.condition_at, video.guidance, prefix_tok, batch)
+    deep = self._deep_frames(noise, latent_frames, frame_grid, video.condition_at, video.guidance, prefix_tok, batch,
+                             action_at)
     noisy, conds = {}, {}  # latent frame -> noisy latents [B, 1, H, W, C] and its condition
 
     def decode_until(count: int) -> None:  # latent frames [0, count) through the flow's inverse
@@ -486,7 +524,8 @@ class VideoSampler:
                      cond: Array | None,
                      null_cond: Array | None,
                      prefix: Array | None = None,
-                     return_sequence: bool = False):
+                     return_sequence: bool = False,
+                     actions=None):
     """Inverts the flow: noise z [B, T, H, W, C] -> noisy latents x~ (prefix frames kept).
 
     `inverse.invert`, scheduled frame by frame over the same pieces (`decoding`, `jacobi`,
@@ -496,6 +535,7 @@ class VideoSampler:
     the official `return_sequence`."""
     cfg = self.config
     z_tok, grid = tokens.patchify(z, cfg.patch_size)  # [B, T, N, D]
+    action_at = self._action_source(actions, z_tok.shape[0], z_tok.shape[1])  # ids per latent frame (see `generate`)
     deep_cond, guidance = inverse.guided_condition(cfg, cond, null_cond, self.options.guidance,
                                                    self.bundle.null_condition)
     prefix_tok = None
@@ -513,7 +553,7 @@ class VideoSampler:
         out = self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0, return_sequence)
         frames[f] = (deep_tokens[:, None], out) if return_sequence else out
 
-      self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, on_frame)
+      self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, on_frame, action_at)
       if return_sequence:  # per stage, the frames in order
         deep = jnp.concatenate([f[0] for f in frames], axis=1)
         stages = [jnp.concatenate([f[1][1][i] for f in frames], axis=1) for i in range(cfg.num_blocks - 1)]
@@ -521,7 +561,7 @@ class VideoSampler:
       else:
         h = jnp.concatenate(frames, axis=1)
     else:
-      h = deep = self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, None)
+      h = deep = self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, None, action_at)
       h = self._shallow(self.params, h, deep_cond, grid, guidance, return_sequence)
       if return_sequence:
         h, stages = h
@@ -535,7 +575,7 @@ class VideoSampler:
   def _with_prefix(x: Array, prefix: Array | None) -> Array:
     return x if prefix is None else x.at[:, :prefix.shape[1]].set(prefix)
 
-  def _deep_inverse(self, z_tok, grid, cond, guidance: float, prefix_tok, on_frame):
+  def _deep_inverse(self, z_tok, grid, cond, guidance: float, prefix_tok, on_frame, action_at=None):
     """The deep block's inverse of raster noise tokens [B, T, N, D] (`_deep_frames` over the
     whole clip); returns raster tokens [B, T, N, D], calling on_frame(f, tokens) per frame."""
     b, t = z_tok.shape[:2]
@@ -547,7 +587,7 @@ class VideoSampler:
                     disable=not self.options.progress or not distributed.is_primary(),
                     leave=False)
     frames = []
-    for f, deep_tokens in self._deep_frames(noise, t, grid, lambda frame: cond, guidance, prefix_tok, b):
+    for f, deep_tokens in self._deep_frames(noise, t, grid, lambda frame: cond, guidance, prefix_tok, b, action_at):
       if on_frame is not None:
         on_frame(f, deep_tokens)
       frames.append(deep_tokens)
@@ -566,7 +606,15 @@ class VideoSampler:
       raise UserError(f"window={window} leaves no context for a stream without end; use window >= 2")
     return window, context
 
-  def _deep_frames(self, noise, num_frames: int | None, grid, condition, guidance: float, prefix_tok, batch: int):
+  def _deep_frames(self,
+                   noise,
+                   num_frames: int | None,
+                   grid,
+                   condition,
+                   guidance: float,
+                   prefix_tok,
+                   batch: int,
+                   action_at=None):
     """Yields (frame, raster tokens [B, N, D]) of the deep block's inverse, each once it is final.
 
     noise(first, count): raster noise tokens [B, count, N, D] of frames first.. (any values past
@@ -575,7 +623,9 @@ class VideoSampler:
     from the last `context` frames under the new condition. Past the first window the token buffer and the
     noise keep `window` frames, rolled forward on the device as the window slides (memory flat
     in length), except for the official-compatible Jacobi, whose buffer holds the whole clip.
-    Slides re-encode the last `context` frames (positions restart), as the official sampler."""
+    Slides re-encode the last `context` frames (positions restart), as the official sampler.
+    action_at(frame): the action ids [B] of a frame, asked for just before it is decoded (an
+    action-conditioned model; None: the null action)."""
     n = grid.tokens_per_frame
     window, context = self._window_frames(num_frames)
     rolling = context >= 1 and not (self.jacobi_options is not None and self.jacobi_options.reference_compatible)
@@ -586,13 +636,22 @@ class VideoSampler:
     params, cond = self.params, condition(0)
     z_perm = permuted(noise(0, span))
     state = self._start(params, z_perm, cond, window_grid, guidance)
-    base = start = 0  # token indices: the buffer's first token, the next token to decode
+    base = start = acted = 0  # token indices: the buffer's first, the next to decode; frames with actions
+
+    def with_actions(state, frames: int):  # the actions of frames [acted, frames) written
+      nonlocal acted
+      for f in range(acted, frames if action_at is not None else acted):
+        ids = self.place(np.asarray(action_at(f), np.int32).reshape(batch))
+        state = self._write_actions(state, ids, np.int32((f - base // n) * n), n)
+      acted = max(acted, frames)
+      return state
+
     if prefix_tok is not None:
       p_perm = permuted(prefix_tok)
       if p_perm.shape[1] > window * n:
         raise UserError(f"the conditioning clip ({prefix_tok.shape[1]} frames) is longer than the "
                         f"window ({window} frames)")
-      state = self._prefill(params, state, p_perm, window_grid)
+      state = self._prefill(params, with_actions(state, prefix_tok.shape[1]), p_perm, window_grid)
       start = p_perm.shape[1]
     for f in range(start // n):
       yield f, self._frame_tokens(state.buffer, np.int32(f), n, batch)
@@ -601,7 +660,7 @@ class VideoSampler:
       if start == target or condition(start // n) is not cond:  # slide the window, or a new condition
         cond, context_start = condition(start // n), max(start - context * n, 0)
         if start == 0:
-          state = self._start(params, z_perm, cond, window_grid, guidance)
+          state, acted = self._start(params, z_perm, cond, window_grid, guidance), 0
         else:
           if rolling and context_start > base:
             state, z_perm = self._roll(state, z_perm, permuted(noise(base // n + span, span)),
@@ -612,6 +671,7 @@ class VideoSampler:
       for first, size, count in jacobi.span_calls(start, target, n, self.jacobi_options, per_frame=True):
         if first % n == 0 and condition(first // n) is not cond:
           break
+        state = with_actions(state, (first + size * count - 1) // n + 1)
         state = self._run(params, state, z_perm, np.int32(first - base), size, count, window_grid, guidance)
         previous, start = start, first + size * count
         for f in range(previous // n, start // n):
@@ -619,7 +679,14 @@ class VideoSampler:
 
   # ------------------------------------------------------------------ compiled implementations
   def _start_impl(self, params, z_perm, cond, grid, guidance):
-    return decoding.start_decoding(self.deep, model_lib.deep_params(params), z_perm, grid, cond, guidance > 0)
+    actions = None  # action-conditioned: every token's action the null one until it is written
+    if self.config.num_actions:
+      actions = jnp.full(z_perm.shape[:2], self.config.num_actions, jnp.int32)
+    return decoding.start_decoding(self.deep, model_lib.deep_params(params), z_perm, grid, cond, guidance > 0, actions)
+
+  def _write_actions_impl(self, state: DecodeState, ids, first, n: int):
+    """Frame actions ids [B] written for the n tokens of the frame starting at token `first`."""
+    return decoding.write_actions(self.deep, state, jnp.repeat(ids.astype(jnp.int32)[:, None], n, axis=1), first)
 
   def _prefill_impl(self, params, state: DecodeState, p_perm, grid):
     return decoding.prefill_tokens(self.deep, model_lib.deep_params(params), state, p_perm, grid, self.config.cond_len)
@@ -641,7 +708,11 @@ class VideoSampler:
     body = jnp.concatenate([state.buffer[:, 1:], jnp.concatenate([next_perm] * reps, axis=0)], axis=1)
     buffer = jnp.concatenate([state.buffer[:, :1], jax.lax.dynamic_slice_in_dim(body, shift, size, axis=1)], axis=1)
     z_perm = jax.lax.dynamic_slice_in_dim(jnp.concatenate([z_perm, next_perm], axis=1), shift, size, axis=1)
-    return state.replace(buffer=buffer), z_perm
+    actions = state.actions
+    if actions is not None:  # the new frames' actions are written before they are decoded
+      actions = jnp.concatenate([actions, jnp.full_like(actions, self.config.num_actions)], axis=1)
+      actions = jax.lax.dynamic_slice_in_dim(actions, shift, size, axis=1)
+    return state.replace(buffer=buffer, actions=actions), z_perm
 
   def _frame_tokens_impl(self, buffer, frame, n: int, batch: int):
     """Raster tokens [B, N, D] of a finished frame (the deep block's orders are per frame)."""

@@ -130,8 +130,13 @@ def _clip(tree, norm, max_norm):
 # ------------------------------------------------------------------------------ the step
 def drop_conditions(modules: StepModules, settings: StepSettings, batch: dict[str, Array],
                     rng: Array) -> dict[str, Array]:
-  """Classifier-free guidance dropout: each example's condition -> null with prob drop_label."""
+  """Classifier-free guidance dropout: each example's condition -> null with prob drop_label,
+  and (independently) its per-frame actions -> the null action."""
   p, cfg = settings.drop_label, modules.model_config
+  if p > 0 and "actions" in batch:
+    actions = batch["actions"]
+    drop = jax.random.bernoulli(jax.random.fold_in(rng, 1), p, (actions.shape[0], 1))
+    batch = {**batch, "actions": jnp.where(drop, cfg.num_actions, actions)}
   if p <= 0 or cfg.conditioning is None:
     return batch
   key = {"text": "tokens", "class": "label"}[cfg.conditioning]
@@ -163,6 +168,8 @@ def prepare_inputs(modules: StepModules, settings: StepSettings, state: TrainSta
   conditions = {k: v for k, v in batch.items() if k != "video"}
   if drop_first_frame:
     x = x[:, 1:]
+    if "actions" in conditions:
+      conditions["actions"] = conditions["actions"][:, 1:]
     if "tokens" in conditions:
       tokens = conditions["tokens"]
       tag = jnp.full_like(tokens[:, :1], settings.extend_tag)
@@ -198,7 +205,7 @@ def _batch_gradients(modules: StepModules, settings: StepSettings, params, x_noi
 
   def flow_objective(params, x_noisy):
     cond = encode_condition(modules, params, conditions)
-    out = modules.model.apply({"params": params["model"]}, x_noisy, cond)
+    out = modules.model.apply({"params": params["model"]}, x_noisy, cond, conditions.get("actions"))
     loss_z, loss_logdet = losses.flow_loss_terms(out.z, out.logdets)
     loss = jnp.mean(loss_z + loss_logdet)
     objective = loss

@@ -28,8 +28,13 @@ from starflow_jax.errors import UserError
 from starflow_jax.train import Trainer, TrainState
 from starflow_jax.train_checkpoint import TrainCheckpointer, export_model, has_checkpoints
 
-MODEL_INPUT_KEYS = ("video", "tokens", "label", "text_embeddings")
+MODEL_INPUT_KEYS = ("video", "tokens", "label", "text_embeddings", "actions")
 log = logging.getLogger(__name__)
+
+
+def model_inputs(host_batch: dict) -> dict:
+  """What a train step reads of a host batch (the source's metadata stays behind)."""
+  return {k: v for k, v in host_batch.items() if k in MODEL_INPUT_KEYS}
 
 
 def _write_config(workdir, config: ml_collections.ConfigDict) -> None:
@@ -175,7 +180,7 @@ def _train_steps(exp: experiment.Experiment, trainer: Trainer, state: TrainState
   throughput = _Throughput(start_step, exp.tokens_per_step())
   for step in range(start_step, loop.num_steps):
     host_batch = next(iterator)
-    batch = sharding.global_batch_from_host({k: v for k, v in host_batch.items() if k in MODEL_INPUT_KEYS}, mesh)
+    batch = sharding.global_batch_from_host(model_inputs(host_batch), mesh)
     with jax.transfer_guard("disallow"):
       state, step_metrics = trainer.step(state, batch, exp.drop_first_frame_at(step))
     done = step + 1

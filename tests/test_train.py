@@ -43,6 +43,7 @@ class ValidationTest(absltest.TestCase):
         (lambda c: c.text.update(kind="none"), "text-conditioned"),
         (lambda c: c.data.update(source="nope"), "unknown data.source 'nope'"),
         (lambda c: c.train.update(warmup_steps=50), "warmup_steps=50 must be < num_steps"),
+        (lambda c: c.model.update(num_actions=5), "num_actions=5 but data.source='shapes' has no actions"),
     ]
     experiment.validate_experiment(tiny_config(), num_devices=8)
     for change, message in cases:
@@ -52,9 +53,9 @@ class ValidationTest(absltest.TestCase):
         experiment.validate_experiment(config, num_devices=8)
 
   def test_all_configs_build(self):
-    from experiments.configs import starflow_3b_t2i_256, starflow_v_7b_t2v_480p, tiny_image
+    from experiments.configs import starflow_3b_t2i_256, starflow_v_7b_t2v_480p, tiny_image, world_model
     for module, arg in ((tiny_video, ""), (tiny_image, "shapes"), (starflow_3b_t2i_256, ""), (starflow_v_7b_t2v_480p,
-                                                                                              "")):
+                                                                                              ""), (world_model, "")):
       config = module.get_config(arg)
       experiment.model_config(config)
     seven_b = experiment.model_config(starflow_v_7b_t2v_480p.get_config())

@@ -38,7 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
            num_classes=0,
            compute_dtype="float32",
            remat=False,
-           attention_block_size=ml_collections.config_dict.placeholder(int)))
+           attention_block_size=ml_collections.config_dict.placeholder(int),
+           num_actions=0))
 
   # Built-in text encoder ('words' / 'bytes'), or 'none' (embeddings come with the data).
   # t5_path: a Hugging Face T5 / Flan-T5 directory whose frozen encoder embeds captions when
@@ -63,6 +64,19 @@ def base_config() -> ml_collections.ConfigDict:
                        max_speed=0.10,
                        num_examples=100_000,
                        seed=0),
+           agent_world=dict(num_frames=8,
+                            height=16,
+                            width=16,
+                            agent_radius=2.5,
+                            step=2.0,
+                            max_objects=1,
+                            object_radius=2.5,
+                            min_speed=0.6,
+                            max_speed=1.4,
+                            colors=("red", "green", "blue", "magenta"),
+                            persistence=0.5,
+                            num_examples=100_000,
+                            seed=0),
            tfds=dict(name="",
                      split="train",
                      eval_split="",
