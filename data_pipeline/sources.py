@@ -21,20 +21,21 @@ from data_pipeline.shapes import MovingShapesSource, ShapesConfig
 from starflow_jax.errors import UserError
 
 
-def shapes_config(data: ml_collections.ConfigDict, split: str = "train") -> ShapesConfig:
-  values = data.shapes.to_dict()
+def _procedural_config(cls, section: ml_collections.ConfigDict, split: str):
+  """A procedural source's config from its config section; held-out splits draw another seed stream."""
+  values = section.to_dict()
   values.setdefault("seed", 0)
-  if split != "train":  # held-out clips: a different seed stream
+  if split != "train":
     values["seed"] = values["seed"] + 1_000_003
-  return ShapesConfig(**values).validate()
+  return cls(**values).validate()
+
+
+def shapes_config(data: ml_collections.ConfigDict, split: str = "train") -> ShapesConfig:
+  return _procedural_config(ShapesConfig, data.shapes, split)
 
 
 def agent_world_config(data: ml_collections.ConfigDict, split: str = "train") -> AgentWorldConfig:
-  values = data.agent_world.to_dict()
-  values.setdefault("seed", 0)
-  if split != "train":  # held-out clips: a different seed stream
-    values["seed"] = values["seed"] + 1_000_003
-  return AgentWorldConfig(**values).validate()
+  return _procedural_config(AgentWorldConfig, data.agent_world, split)
 
 
 class SourceKind:

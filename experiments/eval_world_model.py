@@ -97,7 +97,12 @@ def controllability(sampler, source, rollouts: int, length: int, batch: int, see
 
 def action_inference(sampler, source, clips: int, seed: int) -> dict:
   cfg, sigma, count = sampler.config, sampler.options.noise_std, sampler.config.num_actions
-  frame_nll = jax.jit(lambda p, x, a: losses.frame_nll(*_z_logdets(cfg, p, x, a)))
+
+  @jax.jit
+  def frame_nll(params, x, actions):  # [K, T]
+    out = model_lib.forward(cfg, params, x, None, actions)
+    return losses.frame_nll(out.z, out.logdets)
+
   correct, total = 0, 0
   confusion = np.zeros((count, count), np.int64)
   for i in range(clips):
@@ -105,24 +110,19 @@ def action_inference(sampler, source, clips: int, seed: int) -> dict:
     x = _unit(clip["video"])
     x = x + sigma * np.random.default_rng([seed, i]).standard_normal(x.shape).astype(np.float32)
     moved = np.abs(np.diff(clip["agent_positions"], axis=0)).max(axis=1) > 0
-    frames = [t for t in range(1, len(x)) if moved[t - 1] == (clip["actions"][t] != 0)]  # not blocked
-    if not frames:
-      continue
+    frames = range(1, len(x))  # every transition is scored in one batch shape (no recompilation per clip)
     candidates = np.repeat(clip["actions"][None], len(frames) * count, axis=0)
     for j, t in enumerate(frames):
       candidates[j * count:(j + 1) * count, t] = np.arange(count)
     nll = np.asarray(frame_nll(sampler.params, jnp.broadcast_to(x, (len(candidates),) + x.shape), candidates))
     for j, t in enumerate(frames):
+      if moved[t - 1] != (clip["actions"][t] != 0):  # blocked by a border: 'stay' and the move look alike
+        continue
       guess = int(np.argmin(nll[j * count:(j + 1) * count, t]))
       confusion[clip["actions"][t], guess] += 1
       correct += guess == clip["actions"][t]
       total += 1
   return {"transitions": total, "accuracy": correct / max(total, 1), "confusion": confusion.tolist()}
-
-
-def _z_logdets(cfg, params, x, actions):
-  out = model_lib.StarFlow(cfg).apply({"params": params}, x, None, actions)
-  return out.z, out.logdets
 
 
 def planning(sampler, source, episodes: int, candidates: int, horizon: int, tolerance: float, seed: int) -> dict:
