@@ -13,6 +13,15 @@ clip's totals; beside it, one PNG per clip: its frames, each frame's per-token N
 (`model.token_nll`: where in the frame the surprise is) and the NLL over time. With --prompt the
 clip is scored under that caption (the model's prompt template applied), else under the null
 condition.
+
+  python -m experiments.score --workdir=WORKDIR --dataset=eval [--num_examples=N] [--batch_size=B] \
+      [--confidence=0.95] --out=report.json
+
+--dataset scores a split of the data the model was trained on (the workdir's config.json: shapes,
+digits, tfds, pre-encoded latents, ...) instead: batched and sharded over the config's mesh as
+training is (`starflow_jax.evaluate`), every example under its own condition, as the training
+objective sees it (dequantisation, x~ = x + sigma eps); the report has the mean nats per
+dimension (and bits per dimension for 8-bit pixel models) with a confidence interval.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from __future__ import annotations
 from absl import app, flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from experiments import cli
 from experiments.sample import CLIP_SUFFIXES, IMAGE_SUFFIXES, load_frames, model_directory
-from starflow_jax import checkpoint, fileio, losses, model as model_lib
+from starflow_jax import checkpoint, evaluate, fileio, losses, model as model_lib, sharding
 from starflow_jax.errors import UserError
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 
@@ -35,12 +45,16 @@ def define_flags():
   """Registers the flags of this command; called only when it runs as a program."""
   flags.DEFINE_string("workdir", None, "training workdir or model directory")
   flags.DEFINE_string("input", None, "clip (gif/mp4/npy), image, or a directory of them")
+  flags.DEFINE_string("dataset", None, "score this split (train / eval) of the workdir's training data instead")
+  flags.DEFINE_integer("num_examples", None, "--dataset: score the split's first N examples (default: all)")
+  flags.DEFINE_integer("batch_size", None, "--dataset: global batch (default: the training batch)")
+  flags.DEFINE_float("confidence", 0.95, "--dataset: level of the confidence interval")
   flags.DEFINE_string("prompt", None, "caption to score the clips under (default: the null condition)")
   flags.DEFINE_string("out", "report.json", "the JSON report")
   flags.DEFINE_integer("noise_samples", 1, "noise draws x~ = x + sigma eps averaged per clip")
   flags.DEFINE_integer("seed", 0, "seed of the noise draws")
   flags.DEFINE_string("t5", None, "local folder of the T5 the model directory names")
-  flags.mark_flags_as_required(["workdir", "input"])
+  flags.mark_flags_as_required(["workdir"])
 
 
 def input_paths(path: str) -> list:
@@ -147,12 +161,48 @@ def save_figure(path, pixels: np.ndarray, clip: dict) -> None:
   plt.close(fig)
 
 
+def score_dataset(workdir: str, split: str) -> dict:
+  """--dataset: the split's NLL with its interval (`evaluate.dataset_nll`), printed and returned."""
+  path = fileio.as_path(workdir) / "config.json"
+  if not path.exists():
+    raise UserError(f"--dataset needs the training workdir (with config.json), not {workdir}")
+  if split not in ("train", "eval"):
+    raise UserError(f"--dataset={split} must be train or eval")
+  if FLAGS.num_examples is not None and FLAGS.num_examples < 1:
+    raise UserError(f"--num_examples={FLAGS.num_examples} must be >= 1")
+  config = ml_collections.ConfigDict(fileio.read_json(path))
+  bundle = checkpoint.load_bundle(model_directory(workdir))
+  mesh = sharding.make_mesh(config.mesh.shape)
+  result = evaluate.dataset_nll(config,
+                                mesh,
+                                bundle.params,
+                                bundle.text_params,
+                                split=split,
+                                num_examples=FLAGS.num_examples,
+                                batch_size=FLAGS.batch_size,
+                                seed=FLAGS.seed,
+                                confidence=FLAGS.confidence).as_dict()
+  low, high = result["nats_per_dim_interval"]
+  line = f"{split}: {result['nats_per_dim']:.4f} nats/dim ({FLAGS.confidence:.0%} CI {low:.4f}-{high:.4f})"
+  if "bits_per_dim" in result:
+    low, high = result["bits_per_dim_interval"]
+    line += f", {result['bits_per_dim']:.4f} bits/dim ({low:.4f}-{high:.4f})"
+  print(f"{line} over {result['num_examples']} examples (noise_std {result['noise_std']})")
+  return {"model": str(workdir), **result}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.setup_logging()
   if FLAGS.noise_samples < 1:
     raise UserError(f"--noise_samples={FLAGS.noise_samples} must be >= 1")
+  if (FLAGS.input is None) == (FLAGS.dataset is None):
+    raise UserError("give one of --input (clips to score) or --dataset (a split of the training data)")
+  if FLAGS.dataset is not None:
+    fileio.write_json(FLAGS.out, score_dataset(FLAGS.workdir, FLAGS.dataset), overwrite=True)
+    print(f"wrote {FLAGS.out}")
+    return
   paths = input_paths(FLAGS.input)
   bundle = checkpoint.load_bundle(model_directory(FLAGS.workdir))
   text_encoder = bundle.t5.build(FLAGS.t5) if bundle.t5 is not None else None

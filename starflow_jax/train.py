@@ -321,6 +321,31 @@ def train_step(state: TrainState,
   return guarded_update(modules, settings, state, grads, stats)
 
 
+def eval_nll(params,
+             batch: dict[str, Array],
+             rng: Array,
+             *,
+             modules: StepModules,
+             settings: StepSettings,
+             latents_given: bool = False) -> Array:
+  """Exact NLL in nats per dimension of each example of a held-out batch, [B]: the training
+  objective's input (dequantised pixels -> latents -> x~ = x + sigma eps) without condition
+  dropout, every example under its own caption / label / actions."""
+  deq_rng, noise_rng = jax.random.split(rng)
+  video = batch["video"]
+  if settings.pre_encoded or latents_given:
+    x = video.astype(jnp.float32)
+  else:
+    x = modules.autoencoder.encode(pixels_to_unit(video, deq_rng if settings.dequantize else None))
+  if not modules.model_config.is_video:
+    x = x[:, 0]  # images: [B, H, W, C]
+  x_noisy = x + settings.noise_std * jax.random.normal(noise_rng, x.shape)
+  with axes.activation_sharding(modules.mesh, modules.rules):
+    cond = encode_condition(modules, params, batch)
+    out = modules.model.apply({"params": params["model"]}, x_noisy, cond, batch.get("actions"))
+  return losses.nll_per_dim(out.z, out.logdets)
+
+
 # ------------------------------------------------------------------------------ the trainer
 class Trainer:
   """Static pieces of training (modules, optimizer, shardings) and the compiled step."""
@@ -349,7 +374,7 @@ class Trainer:
     self.state_shardings = sharding.logical_shardings(boxed, mesh, self.rules)
     self.abstract_state = jax.tree_util.tree_map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), nn.unbox(boxed), self.state_shardings)
-    self._compiled_steps: dict[bool, Any] = {}
+    self._compiled_steps: dict[Any, Any] = {}
     # An autoencoder that runs its own compiled steps (the WAN VAE, `jit_inside`) encodes each
     # batch just before the train step: traced inside it, its weights (GBs for WAN 2.2) would
     # become constants of the step's program. Same arithmetic, same random numbers.
@@ -428,6 +453,27 @@ class Trainer:
     if self.encodes_before_step:
       batch = self.encode_batch(state, batch)
     return self.compiled_step(drop_first_frame)(state, batch)
+
+  def compiled_eval(self):
+    """The jitted `eval_nll`: (params, batch, rng) -> per-example nats/dim [B] on every process."""
+    if "eval" not in self._compiled_steps:
+      self._compiled_steps["eval"] = jax.jit(functools.partial(eval_nll,
+                                                               modules=self.modules,
+                                                               settings=self.settings,
+                                                               latents_given=self.encodes_before_step),
+                                             in_shardings=(self.state_shardings.params,
+                                                           sharding.batch_sharding(self.mesh), None),
+                                             out_shardings=sharding.replicated(self.mesh))
+    return self._compiled_steps["eval"]
+
+  def evaluate(self, params, batch: dict[str, Array], rng: Array) -> Array:
+    """Per-example nats/dim [B] of a held-out global batch under `params` (`eval_nll`)."""
+    if self.encodes_before_step:
+      deq_rng, _ = jax.random.split(rng)
+      unit = jax.jit(lambda v: pixels_to_unit(v, deq_rng if self.settings.dequantize else None),
+                     out_shardings=sharding.batch_sharding(self.mesh))(batch["video"])
+      batch = {**batch, "video": self.autoencoder.encode(unit)}
+    return self.compiled_eval()(params, batch, rng)
 
   def gradients(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):
     """(gradients, statistics) of the step's objectives at `state` on `batch`, unclipped (with
