@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starflow_jax import checkpoint, model as model_lib, tokens
+from starflow_jax import checkpoint, inverse, model as model_lib, tokens
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.config import ModelConfig
 from starflow_jax.jacobi import JacobiOptions, jacobi_inverse
@@ -37,6 +37,8 @@ def define_flags():
   flags.DEFINE_integer("repeats", 3, "timed runs (median) after the compiling run")
   flags.DEFINE_string("which", "demo,scaled", "comma list of models: demo, scaled")
   flags.DEFINE_float("guidance", 2.0, "classifier-free guidance for every row")
+  flags.DEFINE_list("rows", ["sequential", "jacobi", "fallback", "auto"],
+                    "kinds of rows to run: sequential, jacobi, fallback (Jacobi with fallback_after), auto")
 
 
 DEMO = dict(in_channels=3,
@@ -67,8 +69,12 @@ SCALED = dict(in_channels=4,
               temporal_causal=2,
               shallow_block_local=True,
               soft_clip=4.0)
-METHODS = (("sequential", None), ("jacobi", (16, 1e-3)), ("jacobi", (64, 1e-3)), ("jacobi", (64, 1e-4)), ("jacobi",
-                                                                                                          (256, 1e-3)))
+# (method, (block size, tau, fallback_after)): fallback_after K finishes a block still changing
+# after K iterations token by token (JacobiOptions.fallback_after).
+# auto: per flow block, Jacobi (b=16, tau 1e-3) or sequential, measured in the compiling call.
+METHODS = (("sequential", None), ("jacobi", (16, 1e-3, None)), ("jacobi", (64, 1e-3, None)),
+           ("jacobi", (64, 1e-4, None)), ("jacobi", (256, 1e-3, None)), ("jacobi", (16, 1e-3, 4)),
+           ("jacobi", (64, 1e-3, 8)), ("auto", (16, 1e-3, None)))
 
 
 def random_bundle(values: dict) -> ModelBundle:
@@ -97,7 +103,8 @@ def mean_jacobi_iterations(bundle, cond, z, options, guidance):
   deep = model_lib.deep_block(cfg)
   z_tok, grid = tokens.patchify(z, cfg.patch_size)
   b, t, n, d = z_tok.shape
-  deep_cond = jnp.concatenate([cond, jnp.zeros_like(cond)]) if guidance > 0 else cond
+  deep_cond, guidance = inverse.guided_condition(cfg, cond,
+                                                 jnp.zeros_like(cond) if cond is not None else None, guidance)
   run = jax.jit(
       functools.partial(jacobi_inverse, deep, grid=grid, guidance=guidance, options=options, return_iterations=True))
   _, iterations = run(model_lib.deep_params(bundle.params), z_tok.reshape(b, t * n, d), cond=deep_cond)
@@ -106,7 +113,9 @@ def mean_jacobi_iterations(bundle, cond, z, options, guidance):
 
 def bench(name: str, bundle: ModelBundle):
   cfg = bundle.config
-  cond = jax.random.normal(jax.random.PRNGKey(1), (FLAGS.batch, cfg.txt_size, cfg.txt_dim))
+  cond = None  # a model without text (e.g. a world model: its actions are then the null action)
+  if cfg.conditioning is not None:
+    cond = jax.random.normal(jax.random.PRNGKey(1), (FLAGS.batch, cfg.txt_size, cfg.txt_dim))
   n_tokens = (cfg.img_size // cfg.patch_size)**2
   print(f"\n== {name}: deep width {cfg.deep_channels} x {cfg.block_layers[-1]} layers, shallow "
         f"{cfg.channels} x {cfg.block_layers[:-1]}, {n_tokens} tokens/frame, {FLAGS.frames} frames, "
@@ -116,14 +125,23 @@ def bench(name: str, bundle: ModelBundle):
   baseline = None
   rows = []
   for method, jacobi_args in METHODS:
-    jopts = JacobiOptions(block_size=jacobi_args[0], threshold=jacobi_args[1]) if jacobi_args else JacobiOptions()
+    kind = "fallback" if jacobi_args and jacobi_args[2] else method
+    if kind not in FLAGS.rows and method != "sequential":  # sequential: every speedup's baseline
+      continue
+    jopts = JacobiOptions()
+    if jacobi_args:
+      jopts = JacobiOptions(block_size=jacobi_args[0], threshold=jacobi_args[1], fallback_after=jacobi_args[2])
     options = SamplingOptions(method=method, guidance=FLAGS.guidance, jacobi=jopts, denoise="none", progress=False)
     sampler = VideoSampler(bundle, options)
     compile_s, seconds = timed(lambda: sampler.sample_latents(z, cond, None), FLAGS.repeats)
     per_frame = seconds / FLAGS.frames
-    label = method if not jacobi_args else f"jacobi b={jacobi_args[0]} tau={jacobi_args[1]:g}"
+    label = method if not jacobi_args else f"{method} b={jacobi_args[0]} tau={jacobi_args[1]:g}"
+    if jacobi_args and jacobi_args[2]:
+      label += f" fb={jacobi_args[2]}"
     iters = ""
-    if jacobi_args:
+    if method == "auto":
+      iters = ",".join(f"{k}:{v[0]}" for k, v in sampler.plan.items())  # the plan: j(acobi) / s(equential)
+    elif jacobi_args:
       mean_iters, blocks = mean_jacobi_iterations(bundle, cond, z, jopts, FLAGS.guidance)
       iters = f"{mean_iters:.2f}"
     if baseline is None:

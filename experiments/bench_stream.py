@@ -23,7 +23,7 @@ from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler, options_from_defaults
 
 FLAGS = flags.FLAGS
-METHODS = (("sequential", None), ("jacobi", (16, 1e-3)), ("jacobi", (64, 1e-3)))
+METHODS = (("sequential", None), ("jacobi", (16, 1e-3)), ("jacobi", (64, 1e-3)), ("auto", (16, 1e-3)))
 
 
 def define_flags():
@@ -82,7 +82,9 @@ def bench(name: str, bundle) -> None:
     start = time.perf_counter()
     jax.block_until_ready(sampler.generate(prompts, FLAGS.frames, seed=1, cond=cond))
     generate_fps = FLAGS.frames / (time.perf_counter() - start)
-    label = method if not jacobi_args else f"jacobi b={jacobi_args[0]} tau={jacobi_args[1]:g}"
+    label = method if not jacobi_args else f"{method} b={jacobi_args[0]} tau={jacobi_args[1]:g}"
+    if sampler.plan:
+      label += " (" + ",".join(v[0] for v in sampler.plan.values()) + ")"
     print(
         f"{label:24s} {arrivals[0]:8.3f} {statistics.median(gaps):9.3f} {np.percentile(gaps, 90):9.3f} "
         f"{(len(arrivals) - 1) / (arrivals[-1] - arrivals[0]):10.2f} {generate_fps:12.2f}",

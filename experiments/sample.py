@@ -46,7 +46,8 @@ def define_flags():
   flags.DEFINE_multi_string("prompt", [], "caption(s); repeat the flag for several samples")
   flags.DEFINE_integer("num_samples", 1, "samples per prompt")
   flags.DEFINE_integer("num_frames", None, "frames to generate (default: the training clip length)")
-  flags.DEFINE_enum("method", None, ["jacobi", "sequential"], "decoding of the flow inverse")
+  flags.DEFINE_enum("method", None, ["auto", "jacobi", "sequential"],
+                    "decoding of the flow inverse (auto: per flow block, Jacobi where it pays off)")
   flags.DEFINE_float("guidance", None, "classifier-free guidance weight (0: none)")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_string("out", "video.mp4", "output path (.mp4 or .gif); a .png grid is written beside")
@@ -62,6 +63,9 @@ def define_flags():
   flags.DEFINE_integer("jacobi_block_size", None, "Jacobi block size in the first frame (x4 after)")
   flags.DEFINE_float("jacobi_threshold", None, "Jacobi stop threshold tau")
   flags.DEFINE_integer("jacobi_max_iter", None, "Jacobi iterations per block at most")
+  flags.DEFINE_integer(
+      "jacobi_fallback", None, "finish a Jacobi block still changing after this many "
+      "iterations token by token (exact; bounds the cost of slowly converging blocks)")
   flags.DEFINE_integer(
       "fps", None, "frames per second: of the written video and, for models conditioned on it, in "
       "the prompt (default: the model directory's, else 4)")
@@ -168,6 +172,7 @@ def sampling_options(bundle: checkpoint.ModelBundle) -> SamplingOptions:
                                jacobi_block_size=FLAGS.jacobi_block_size,
                                jacobi_threshold=FLAGS.jacobi_threshold,
                                jacobi_max_iter=FLAGS.jacobi_max_iter,
+                               jacobi_fallback=FLAGS.jacobi_fallback,
                                denoise=FLAGS.denoise,
                                denoise_step=FLAGS.denoise_step,
                                noise_std=FLAGS.noise_std,

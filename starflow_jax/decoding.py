@@ -150,10 +150,10 @@ def write_tokens(buffer: Array, new_tokens: Array, start) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(buffer, new_tokens, start + 1, axis=1)
 
 
-def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, first, count: int, grid: TokenGrid,
+def decode_tokens(block: FlowBlock, params, state: DecodeState, z_perm: Array, first, count, grid: TokenGrid,
                   cond_len: int, guidance: float) -> DecodeState:
   """Token-by-token decoding of tokens [first, first + count) in the block's order (a
-  `lax.fori_loop`; `first` may be traced, `count` is static). z_perm: [B, S, D] noise."""
+  `lax.fori_loop`; `first` and `count` may be traced). z_perm: [B, S, D] noise."""
   z_rows = z_perm.astype(jnp.float32)
 
   def body(i, state: DecodeState) -> DecodeState:

@@ -44,6 +44,8 @@ class JacobiOptions:
   threshold: tau of the relative-change stop rule; max_iter: iteration cap per block.
   video_init: initialise a block from the previous frame's tokens (video-aware).
   reference_compatible: reproduce the official code's quirks exactly (see the module docstring).
+  fallback_after: a block not converged after this many iterations is finished token by token
+    from its first k tokens, exact after k iterations (`solve_block`); None: iterate to max_iter.
   """
 
   block_size: int = 64
@@ -52,6 +54,7 @@ class JacobiOptions:
   max_iter: int = 32
   video_init: bool = True
   reference_compatible: bool = False
+  fallback_after: int | None = None
 
   def __post_init__(self):
     if self.block_size <= 0 or (self.later_block_size is not None and self.later_block_size <= 0):
@@ -61,6 +64,8 @@ class JacobiOptions:
       raise UserError(f"max_iter={self.max_iter} must be at least 1")
     if self.threshold < 0:
       raise UserError(f"threshold={self.threshold} must be >= 0 (0 iterates to max_iter)")
+    if self.fallback_after is not None and (self.fallback_after <= 0 or self.reference_compatible):
+      raise UserError(f"fallback_after={self.fallback_after} must be >= 1 and needs reference_compatible=False")
 
   @property
   def later_size(self) -> int:
@@ -96,13 +101,20 @@ class _BlockCarry:
   state: DecodeState
   iteration: Array  # int32 scalar
   done: Array  # bool scalar
+  converged: Array  # bool scalar: the stop statistic fell below the threshold
 
 
 def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, start: Array, size: int, grid: TokenGrid,
                 cond_len: int, guidance: float, options: JacobiOptions) -> tuple[DecodeState, Array]:
   """Jacobi iterations for tokens [start, start + size) (a `lax.while_loop`); returns the state
   and the number of iterations run. `start` is the absolute token index; the cache position is
-  start - state.position_offset (sliding windows re-base the cache)."""
+  start - state.position_offset (sliding windows re-base the cache).
+
+  With options.fallback_after = K, a block still changing after K iterations is finished token by
+  token from token start + K: after k iterations tokens start .. start+k-1 are the sequential
+  solution (token i's inputs are exact after i iterations) and the cache holds K/V of the
+  inputs up to token start+k-2, so decoding on from there is exact. The count returned is then
+  K plus the tokens decoded one by one (each a step)."""
   frame_len = grid.tokens_per_frame
   batch = z_perm.shape[0]
   z_block = jax.lax.dynamic_slice_in_dim(z_perm, start, size, axis=1).astype(jnp.float32)  # [B, m, D]
@@ -129,13 +141,20 @@ def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, sta
     old_x = jax.lax.dynamic_slice_in_dim(buf, start + 1, size, axis=1)[:batch]
     change = jnp.mean(jnp.square(new_x - old_x)) / jnp.mean(jnp.square(new_x))
     iteration = carry.iteration + 1
-    done = jnp.logical_or(change < options.threshold, iteration >= options.max_iter)
+    converged = change < options.threshold
+    done = jnp.logical_or(converged, iteration >= cap)
     new_state = carry.state.replace(buffer=write_tokens(buf, new_x, start), cache=cache)
-    return _BlockCarry(new_state, iteration, done)
+    return _BlockCarry(new_state, iteration, done, converged)
 
-  carry = _BlockCarry(state.replace(buffer=buffer), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+  cap = options.max_iter if options.fallback_after is None else min(options.fallback_after, options.max_iter, size)
+  carry = _BlockCarry(state.replace(buffer=buffer), jnp.zeros((), jnp.int32), jnp.zeros((), bool), jnp.zeros((), bool))
   carry = jax.lax.while_loop(lambda c: jnp.logical_not(c.done), body, carry)
-  return carry.state, carry.iteration
+  if options.fallback_after is None:
+    return carry.state, carry.iteration
+  exact = jnp.where(carry.converged, size, carry.iteration)  # tokens [start, start + exact) are final
+  state = decoding.decode_tokens(block, params, carry.state, z_perm, start + exact, size - exact, grid, cond_len,
+                                 guidance)
+  return state, carry.iteration + (size - exact)
 
 
 def solve_run(block: FlowBlock, params, state: DecodeState, z_perm: Array, first_start: Array, size: int, count: int,
@@ -163,6 +182,14 @@ def decode_span(block: FlowBlock, params, state: DecodeState, z_perm: Array, fir
     state = decoding.decode_tokens(block, params, state, z_perm, first, size * count, grid, cond_len, guidance)
     return state, jnp.ones((size * count,), jnp.int32)
   return solve_run(block, params, state, z_perm, first, size, count, grid, cond_len, guidance, options)
+
+
+def pays_off(iterations, sizes, iteration_cost: float, margin: float = 0.9) -> bool:
+  """Whether Jacobi beats token-by-token decoding for a flow block whose Jacobi blocks of `sizes`
+  tokens took `iterations`: the iterations' cost, `iteration_cost` token steps each (one
+  iteration over m tokens against one step of sequential decoding, measured on the platform),
+  is below `margin` of the sequential cost, one step per token."""
+  return float(sum(iterations)) * iteration_cost < margin * float(sum(sizes))
 
 
 def span_calls(start: int,

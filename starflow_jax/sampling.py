@@ -52,6 +52,11 @@ from starflow_jax.text.prompts import PromptTemplate, check_aspect_ratio
 Array = jnp.ndarray
 OFFICIAL_DENOISE_STEP = 0.3
 
+# method 'auto': one Jacobi iteration over a block, in token steps of sequential decoding, by
+# backend. CPU: measured 3.3 (64-token blocks, deep 512 x 6) to 5.5 (16-token blocks, deep 96 x
+# 3) in BENCHMARKS.md; accelerators run a block's tokens in parallel, about one step's time.
+AUTO_ITERATION_COST = {"cpu": 4.0, "gpu": 1.5, "tpu": 1.5}
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
@@ -72,11 +77,19 @@ class SamplingOptions:
   prompt_template: PromptTemplate = PromptTemplate()  # how the model's captions were written
   attn_temp: float = 1.0  # softmax temperature of the inversion's attention (official --attn_temp)
   guide_top: int | None = None  # official --guide_top: any value guides the deep block only
+  # method 'auto': what one Jacobi iteration over a block costs in token steps of sequential
+  # decoding (None: the platform's, `AUTO_ITERATION_COST`); see `VideoSampler.plan`.
+  iteration_cost: float | None = None
   progress: bool = True
 
   def validate(self) -> "SamplingOptions":
-    if self.method not in ("jacobi", "sequential"):
-      raise UserError(f"method={self.method!r} must be 'jacobi' or 'sequential'")
+    if self.method not in ("jacobi", "sequential", "auto"):
+      raise UserError(f"method={self.method!r} must be 'auto', 'jacobi' or 'sequential'")
+    if self.method == "auto" and self.jacobi.reference_compatible:
+      raise UserError("method='auto' chooses per flow block; the reference-compatible Jacobi is all-Jacobi: "
+                      "use method='jacobi'")
+    if self.iteration_cost is not None and self.iteration_cost <= 0:
+      raise UserError(f"iteration_cost={self.iteration_cost} must be > 0")
     if self.denoise not in ("auto", "learned", "score", "none"):
       raise UserError(f"denoise={self.denoise!r} must be 'auto', 'learned', 'score' or 'none'")
     if self.guidance < 0:
@@ -142,7 +155,8 @@ def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
   base = JacobiOptions()
   jacobi_options = JacobiOptions(block_size=int(pick("jacobi_block_size", base.block_size)),
                                  threshold=float(pick("jacobi_threshold", base.threshold)),
-                                 max_iter=int(pick("jacobi_max_iter", base.max_iter)))
+                                 max_iter=int(pick("jacobi_max_iter", base.max_iter)),
+                                 fallback_after=pick("jacobi_fallback", base.fallback_after))
   stored = {
       name: defaults[name]
       for name in ("denoise", "denoise_step", "context", "temperature", "fps", "aspect_ratio", "attn_temp", "guide_top")
@@ -150,7 +164,7 @@ def options_from_defaults(defaults: dict, **overrides) -> SamplingOptions:
   }
   if "prompt_template" not in values:
     stored["prompt_template"] = PromptTemplate.from_dict(defaults.get("prompt_template", {}))
-  return SamplingOptions(method=pick("method", "jacobi"),
+  return SamplingOptions(method=pick("method", "auto"),
                          guidance=float(pick("guidance", 0.0)),
                          jacobi=jacobi_options,
                          noise_std=float(pick("noise_std", 0.0)),
@@ -207,6 +221,11 @@ class VideoSampler:
     self.denoise_mode = denoise
     self.jacobi_options = None if options.method == "sequential" else options.jacobi
     self.block_inverse = inverse.block_inverse_for(self.jacobi_options)
+    # Per flow block: the deep block's Jacobi options (None: token by token) and the shallow
+    # blocks' inverses; method 'auto' sets them from `plan` at the first sampling call.
+    self.deep_options = self.jacobi_options
+    self.shallow_inverses = (self.block_inverse,) * (self.config.num_blocks - 1)
+    self.plan: dict[str, str] | None = None
     # Compiled pieces: one compile per distinct static shape, reused for every frame and window.
     # Parameters are arguments (never compile-time constants), so `set_params` reuses them all.
     self._encode_text = jax.jit(self._encode_text_impl)
@@ -217,11 +236,13 @@ class VideoSampler:
     self._start = jax.jit(tempered(self._start_impl), static_argnums=(3, 4))
     self._write_actions = jax.jit(self._write_actions_impl, static_argnums=(3,), donate_argnums=(0,))
     self._prefill = jax.jit(tempered(self._prefill_impl), static_argnums=(3,), donate_argnums=(1,))
-    self._run = jax.jit(tempered(self._run_impl), static_argnums=(4, 5, 6, 7), donate_argnums=(1,))
+    self._run = jax.jit(tempered(self._run_impl), static_argnums=(4, 5, 6, 7, 8), donate_argnums=(1,))
     self._reencode = jax.jit(tempered(self._reencode_impl), static_argnums=(4, 5), donate_argnums=(1,))
     self._roll = jax.jit(self._roll_impl, donate_argnums=(0, 1))
     self._frame_tokens = jax.jit(self._frame_tokens_impl, static_argnums=(2, 3))
-    self._shallow = jax.jit(tempered(self._shallow_impl), static_argnums=(3, 4, 5))
+    self._shallow_compiled = jax.jit(tempered(self._shallow_impl), static_argnums=(3, 4, 5, 6))
+    self._iterations = jax.jit(tempered(functools.partial(inverse.block_iterations, self.config)),
+                               static_argnums=(2, 4, 5, 6))
     self._prefix_tokens = jax.jit(functools.partial(inverse.prefix_tokens, self.config))
     self._denoiser = jax.jit(lambda p, x, c: self.model.apply({"params": p}, x, c, method=StarFlow.denoise))
     self._score_step = jax.jit(self._score_step_impl)
@@ -243,10 +264,47 @@ class VideoSampler:
     return tuple(side * self.autoencoder.spatial_factor for side in self.latent_size)
 
   def set_params(self, params, text_params=None) -> None:
-    """Swaps in new parameters of the same shapes (e.g. during training): no recompilation."""
+    """Swaps in new parameters of the same shapes (e.g. during training): no recompilation
+    (method 'auto' measures its plan again: convergence depends on the weights)."""
     self.params = self._replicate(params)
     if text_params is not None:
       self.text_params = self._replicate(text_params)
+    if self.options.method == "auto":
+      self.plan = None
+
+  def _plan_once(self, noise, grid: TokenGrid, condition, guidance: float) -> None:
+    """method 'auto' before its first frame: `choose_methods` on the call's first frame."""
+    if self.options.method == "auto" and self.plan is None:
+      self.choose_methods(noise(0, 1), grid, condition(0), guidance)
+
+  def choose_methods(self, z_frame: Array, grid: TokenGrid, deep_cond: Array | None, guidance: float) -> dict:
+    """method 'auto': per flow block, Jacobi or token-by-token decoding, whichever is cheaper.
+
+    The model's inverse decodes one frame of the call's own noise z_frame [B, 1, N, D] under
+    its condition with Jacobi (`inverse.block_iterations`: the iterations of every Jacobi block
+    of every flow block); a flow block keeps Jacobi where those iterations, at
+    `iteration_cost` token steps each, cost less than 0.9 of one step per token
+    (`jacobi.pays_off`), else it decodes token by token. Measured once per parameters."""
+    cost = self.options.iteration_cost or AUTO_ITERATION_COST.get(jax.default_backend(), AUTO_ITERATION_COST["cpu"])
+    actions = None
+    if self.config.num_actions:
+      actions = jnp.full((z_frame.shape[0], 1), self.config.num_actions, jnp.int32)
+    frame = TokenGrid(1, grid.height, grid.width)
+    record = self._iterations(self.params, z_frame, frame, deep_cond, guidance, self.jacobi_options,
+                              self.options.guide_top is not None, actions)
+    sizes = [m for _, m in jacobi.block_schedule(0, frame.num_tokens, frame.num_tokens, self.jacobi_options)]
+    names = ["deep"] + [f"shallow_{i}" for i in reversed(range(self.config.num_blocks - 1))]
+    plan = {}
+    for name, its in zip(names, record):
+      its = np.asarray(jax.device_get(its))
+      plan[name] = "jacobi" if its.size == 0 or jacobi.pays_off(its, sizes[:its.size], cost) else "sequential"
+    self.plan = plan
+    self.deep_options = self.jacobi_options if plan["deep"] == "jacobi" else None
+    self.shallow_inverses = tuple(
+        inverse.block_inverse_for(self.jacobi_options if plan[f"shallow_{i}"] == "jacobi" else None)
+        for i in range(self.config.num_blocks - 1))
+    logging.getLogger(__name__).info("method auto (iteration cost %.1f token steps): %s", cost, plan)
+    return plan
 
   # ------------------------------------------------------------------ placement
   def _replicate(self, tree):
@@ -292,8 +350,8 @@ class VideoSampler:
     """The jitted functions (their cache sizes count compilations)."""
     return [
         self._encode_text, self._start, self._write_actions, self._prefill, self._run, self._reencode, self._roll,
-        self._frame_tokens, self._shallow, self._prefix_tokens, self._denoiser, self._score_step, self._take_frames,
-        self._merge_frames
+        self._frame_tokens, self._shallow_compiled, self._prefix_tokens, self._denoiser, self._score_step,
+        self._take_frames, self._merge_frames, self._iterations
     ]
 
   # ------------------------------------------------------------------ conditions
@@ -627,6 +685,7 @@ class VideoSampler:
     action_at(frame): the action ids [B] of a frame, asked for just before it is decoded (an
     action-conditioned model; None: the null action)."""
     n = grid.tokens_per_frame
+    self._plan_once(noise, grid, condition, guidance)
     window, context = self._window_frames(num_frames)
     rolling = context >= 1 and not (self.jacobi_options is not None and self.jacobi_options.reference_compatible)
     span = window if rolling else num_frames  # frames in the buffer
@@ -668,11 +727,11 @@ class VideoSampler:
             base = context_start
           state = self._reencode(params, state, cond, np.int32(start - base), start - context_start, window_grid)
         target = context_start + window * n if total is None else min(total, context_start + window * n)
-      for first, size, count in jacobi.span_calls(start, target, n, self.jacobi_options, per_frame=True):
+      for first, size, count in jacobi.span_calls(start, target, n, self.deep_options, per_frame=True):
         if first % n == 0 and condition(first // n) is not cond:
           break
         state = with_actions(state, (first + size * count - 1) // n + 1)
-        state = self._run(params, state, z_perm, np.int32(first - base), size, count, window_grid, guidance)
+        state = self._run(params, state, z_perm, first - base, size, count, window_grid, guidance, self.deep_options)
         previous, start = start, first + size * count
         for f in range(previous // n, start // n):
           yield f, self._frame_tokens(state.buffer, np.int32(f - base // n), n, batch)
@@ -691,9 +750,9 @@ class VideoSampler:
   def _prefill_impl(self, params, state: DecodeState, p_perm, grid):
     return decoding.prefill_tokens(self.deep, model_lib.deep_params(params), state, p_perm, grid, self.config.cond_len)
 
-  def _run_impl(self, params, state, z_perm, first, size, count, grid, guidance):
+  def _run_impl(self, params, state, z_perm, first, size, count, grid, guidance, options):
     state, _ = jacobi.decode_span(self.deep, model_lib.deep_params(params), state, z_perm, first, size, count, grid,
-                                  self.config.cond_len, guidance, self.jacobi_options)
+                                  self.config.cond_len, guidance, options)
     return state
 
   def _reencode_impl(self, params, state: DecodeState, cond, start, context_tokens: int, grid):
@@ -719,9 +778,13 @@ class VideoSampler:
     x = jax.lax.dynamic_slice_in_dim(buffer[:batch], 1 + frame * n, n, axis=1)
     return tokens.unpermute(x, self.deep.order, n)
 
-  def _shallow_impl(self, params, h, deep_cond, grid, guidance, return_sequence=False):
-    return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, self.block_inverse,
-                                   self.options.guide_top is not None, return_sequence)
+  def _shallow(self, params, h, deep_cond, grid, guidance, return_sequence=False):
+    """The shallow blocks' inverses of deep-block tokens h [B, T, N, D], each by its own method."""
+    return self._shallow_compiled(params, h, deep_cond, grid, guidance, return_sequence, self.shallow_inverses)
+
+  def _shallow_impl(self, params, h, deep_cond, grid, guidance, return_sequence, inverses):
+    return inverse.shallow_inverse(self.config, params, h, grid, deep_cond, guidance, inverses, self.options.guide_top
+                                   is not None, return_sequence)
 
   def _score_step_impl(self, params, x, cond, sigma):
 

@@ -86,6 +86,42 @@ class EquivalenceTest(parameterized.TestCase):
     self.assertLess(float(np.abs(loose - seq).max()), 0.5)
 
 
+class FallbackTest(parameterized.TestCase):
+  """fallback_after = K: a block still changing after K iterations is finished token by token."""
+
+  @parameterized.parameters((1, 0.0), (2, 0.0), (3, 1.5))
+  def test_fallback_equals_sequential(self, after, guidance):
+    config = helpers.tiny_video_config()
+    params = helpers.random_params(config, std=0.1)
+    block = model_lib.deep_block(config)
+    grid = TokenGrid(3, 4, 4)  # N = 16 tokens per frame: blocks of 4 in frame 0, then 16
+    z = jax.random.normal(jax.random.PRNGKey(4), (2, 48, config.token_dim))
+    cond = helpers.random_condition(config, 2)
+    cond, guidance = inverse.guided_condition(config, cond, None, guidance)
+    deep = model_lib.deep_params(params)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def run(options):
+      return jacobi.jacobi_inverse(block, deep, z, grid, cond, guidance, options=options, return_iterations=True)
+
+    seq = jax.jit(lambda z: decoding.sequential_inverse(block, deep, z, grid, cond, guidance))(z)
+    # tau = 0 never stops early: every block runs K iterations, then its other tokens one by one.
+    out, its = run(JacobiOptions(block_size=4, threshold=0.0, fallback_after=after))
+    sizes = [m for _, m in jacobi.block_schedule(0, 48, 16, JacobiOptions(block_size=4))]
+    np.testing.assert_array_equal(its, sizes)  # K iterations + (m - K) single steps = m
+    np.testing.assert_allclose(out, seq, atol=4e-6 * float(np.abs(seq).max()))
+    # A loose threshold: blocks that converge within K iterations stop there, the rest fall back.
+    loose, its = run(JacobiOptions(block_size=4, threshold=1e-2, fallback_after=after))
+    self.assertTrue(np.all((np.asarray(its) <= after) | (np.asarray(its) == np.asarray(sizes))), its)
+    self.assertLess(float(np.abs(loose - seq).max()), 0.5)
+
+  def test_bad_fallback(self):
+    with self.assertRaisesRegex(ValueError, "fallback_after"):
+      JacobiOptions(fallback_after=0)
+    with self.assertRaisesRegex(ValueError, "reference_compatible"):
+      JacobiOptions(fallback_after=2, reference_compatible=True)
+
+
 class ShardedJacobiTest(absltest.TestCase):
 
   def test_batch_sharded_over_devices_gives_the_same_samples(self):

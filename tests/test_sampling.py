@@ -191,6 +191,68 @@ class SamplerTest(absltest.TestCase):
     np.testing.assert_allclose(a, b, atol=4e-6 * float(jnp.abs(a).max()))
 
 
+class AutoMethodTest(absltest.TestCase):
+  """method 'auto': per flow block, Jacobi or token by token from the iterations Jacobi takes on
+  the call's first frame; each choice runs the very programs of that method."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.bundle, cls.cond = helpers.golden_video_bundle()
+    cls.z = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 4))
+
+  def sample(self, method, cost=None):
+    options = SamplingOptions(method=method,
+                              jacobi=JacobiOptions(block_size=4, threshold=1e-3),
+                              denoise="none",
+                              guidance=1.5,
+                              iteration_cost=cost,
+                              progress=False)
+    sampler = VideoSampler(self.bundle, options)
+    return sampler, np.asarray(sampler.sample_latents(self.z, self.cond, None))
+
+  def test_the_cheaper_method_per_flow_block(self):
+    _, jacobi_out = self.sample("jacobi")
+    _, seq_out = self.sample("sequential")
+    names = {"deep", "shallow_0", "shallow_1"}
+    cheap, out = self.sample("auto", cost=1e-3)  # iterations nearly free: Jacobi everywhere
+    self.assertEqual(cheap.plan, dict.fromkeys(names, "jacobi"))
+    np.testing.assert_array_equal(out, jacobi_out)
+    dear, out = self.sample("auto", cost=1e3)  # iterations dearer than whole frames: token by token
+    self.assertEqual(dear.plan, dict.fromkeys(names, "sequential"))
+    np.testing.assert_array_equal(out, seq_out)
+    # The choice follows the measured iterations: a cost between the flow blocks' break-evens
+    # splits them, and each block then decodes by its own method.
+    from starflow_jax import inverse, jacobi, tokens
+    from starflow_jax.rope import TokenGrid
+    z_tok, grid = tokens.patchify(self.z, self.bundle.config.patch_size)
+    deep_cond, guidance = inverse.guided_condition(self.bundle.config, self.cond, None, 1.5)
+    record = inverse.block_iterations(self.bundle.config, self.bundle.params, z_tok[:, :1],
+                                      TokenGrid(1, grid.height, grid.width), deep_cond, guidance,
+                                      JacobiOptions(block_size=4, threshold=1e-3))
+    per_token = [float(np.sum(r)) / grid.tokens_per_frame for r in record]
+    self.assertLen(per_token, 3)
+    if max(per_token) > min(per_token):
+      cost = 0.9 / np.sqrt(max(per_token) * min(per_token))  # between the two break-evens
+      mixed, out = self.sample("auto", cost=cost)
+      self.assertEqual(set(mixed.plan.values()), {"jacobi", "sequential"}, (per_token, mixed.plan))
+      self.assertTrue(jacobi.pays_off(record[0], [4] * 4, cost) == (mixed.plan["deep"] == "jacobi"))
+      np.testing.assert_allclose(out, seq_out, atol=0.5)  # each block by its own method, tau 1e-3
+
+  def test_new_parameters_measure_again(self):
+    sampler, _ = self.sample("auto", cost=1e3)
+    self.assertIsNotNone(sampler.plan)
+    sampler.set_params(self.bundle.params)
+    self.assertIsNone(sampler.plan)
+
+  def test_bad_auto_options(self):
+    from starflow_jax.errors import UserError
+    with self.assertRaisesRegex(UserError, "iteration_cost"):
+      SamplingOptions(method="auto", iteration_cost=0.0).validate()
+    with self.assertRaisesRegex(UserError, "reference-compatible"):
+      SamplingOptions(method="auto", jacobi=JacobiOptions(reference_compatible=True)).validate()
+
+
 class OneInverseTest(absltest.TestCase):
   """The sampler schedules the pieces `inverse.invert` composes: on the same model, noise and
   condition the two give the same latents. Bit for bit where both run the same programs on the

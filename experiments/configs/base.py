@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log = ml_collections.ConfigDict(
       dict(every_steps=25, sample_every_steps=0, num_samples=4, sample_prompts=(), progress=True))
   c.sample = ml_collections.ConfigDict(
-      dict(method="jacobi",
+      dict(method="auto",
            guidance=1.5,
            jacobi_block_size=16,
            jacobi_threshold=1e-3,
