@@ -8,7 +8,8 @@ made here, once, for `invert` and for `sampling.VideoSampler` (which schedules t
 frame by frame):
   * guidance (`guided_condition`): with guidance > 0 and a condition, the deep block decodes a
     doubled batch [cond; null] (null: `null_cond`, else `model.null_condition`) with the guided
-    affine parameters;
+    affine parameters; an action-conditioned model's actions are guided the same way, against
+    the null action;
   * shallow blocks (`shallow_inverse`) are conditioned only when cond_top_only=False, and then
     guided with the deep block's doubled condition, as the official sampler does;
   * conditioning frames (`prefix`, latents of the first Tp frames): run forward to the deep
@@ -18,7 +19,7 @@ frame by frame):
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,9 +61,13 @@ def guided_condition(config: ModelConfig,
                      stored_null: Array | None = None) -> tuple[Array | None, float]:
   """(the deep block's condition, its guidance): [cond; null] [2B, ...] and `guidance` when
   guided, else (cond, 0.0). null: `null_cond`, else `model.null_condition` (with the model's
-  stored null, if any)."""
-  if guidance <= 0 or cond is None:
+  stored null, if any). An action-conditioned model is guided on its actions too: without a
+  condition, (None, guidance), the decoders doubling the batch as [actions; null action]
+  (`decoding.guided_actions`)."""
+  if guidance <= 0 or (cond is None and not config.num_actions):
     return cond, 0.0
+  if cond is None:
+    return None, guidance
   null = model_lib.null_condition(config, cond, stored_null) if null_cond is None else null_cond
   return jnp.concatenate([cond, null], axis=0), guidance
 
@@ -73,13 +78,14 @@ def shallow_inverse(config: ModelConfig,
                     grid: TokenGrid,
                     deep_cond: Array | None,
                     guidance: float,
-                    block_inverse: BlockInverse,
+                    block_inverse: BlockInverse | Sequence[BlockInverse],
                     guide_top: bool = False,
                     return_sequence: bool = False):
   """The shallow blocks' inverses in reverse order on the deep block's output h [B, T, N, D]
   (`grid` its T frames; one frame at a time for a frame-by-frame scheduler). `deep_cond` and
   `guidance` as returned by `guided_condition`. guide_top: guidance in the deep block only (the
   official `guide_top`: conditioned shallow blocks then see the condition unguided).
+  block_inverse: one for every shallow block, or a sequence (shallow block i's at index i).
   return_sequence: (h, [h after each shallow block]) instead of h (the official return_sequence)."""
   b, t, n, d = h.shape
   if guide_top and guidance > 0:
@@ -90,8 +96,9 @@ def shallow_inverse(config: ModelConfig,
   sequence = []
   for i in reversed(range(config.num_blocks - 1)):
     h_in = model_lib.to_shallow_batch(config, h)
-    h = block_inverse(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in, s_grid,
-                      shallow_cond, shallow_guidance)
+    invert_block = block_inverse[i] if isinstance(block_inverse, (tuple, list)) else block_inverse
+    h = invert_block(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in, s_grid,
+                     shallow_cond, shallow_guidance)
     h = h.reshape(b, t, n, d)
     sequence.append(h)
   return (h, sequence) if return_sequence else h
@@ -153,6 +160,29 @@ def _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_
                     **with_actions)
   return shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse,
                          guide_top)
+
+
+def block_iterations(config: ModelConfig,
+                     params,
+                     z_tok: Array,
+                     grid: TokenGrid,
+                     deep_cond: Array | None,
+                     deep_guidance: float,
+                     options: JacobiOptions,
+                     guide_top: bool = False,
+                     actions: Array | None = None) -> list[Array]:
+  """The Jacobi iterations of every block of every flow block when the model's inverse (the
+  same `_invert_tokens`) decodes noise tokens z_tok [B, T, N, D] with `options`: [deep, shallow
+  K-2, ..., shallow 0], each int32 [its Jacobi blocks]. Conditions as from `guided_condition`."""
+  record = []
+
+  def recording(block, params, z, grid, cond, guidance, given=None, actions=None):
+    x, its = jacobi.jacobi_inverse(block, params, z, grid, cond, guidance, given, options, True, actions)
+    record.append(its)
+    return x
+
+  _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, recording, None, guide_top, actions)
+  return record
 
 
 @functools.partial(jax.jit, static_argnames=("config", "guidance", "guide_top", "attn_temp"))

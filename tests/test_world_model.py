@@ -73,6 +73,15 @@ class ActionConditioningTest(absltest.TestCase):
     sampler = VideoSampler(bundle, options)
     z = sampler.frame_noise(0, 2, 0, 7)
     reference = inverse.invert(CONFIG, self.params, z, guidance=1.5, actions=actions)
+    # Guidance acts on the actions (no text condition here): it moves the samples, except where
+    # every action is the null one (both halves of the doubled batch are then the same).
+    unguided = inverse.invert(CONFIG, self.params, z, guidance=0.0, actions=actions)
+    self.assertGreater(float(jnp.abs(reference - unguided).max()), 1e-3)
+    null = np.full_like(actions, NUM_ACTIONS)
+    np.testing.assert_allclose(inverse.invert(CONFIG, self.params, z, guidance=1.5, actions=null),
+                               inverse.invert(CONFIG, self.params, z, guidance=0.0, actions=null),
+                               rtol=0,
+                               atol=4e-6 * float(jnp.abs(reference).max()))
     np.testing.assert_allclose(sampler.sample_latents(z, None, None, actions=actions),
                                reference,
                                rtol=0,
