@@ -338,5 +338,25 @@ class OfficialReleaseTest(absltest.TestCase):
       self.assertAlmostEqual(gif.info["duration"], 1000 / 8, delta=10)
 
 
+class DigitsOfficialPresetTest(absltest.TestCase):
+  """tiny_image.py:digits_official is the official architecture and recipe (the comparison in
+  BENCHMARKS.md trains the official code the same way)."""
+
+  def test_the_preset_is_the_official_recipe(self):
+    from experiments.configs import tiny_image
+    from starflow_jax import experiment
+    config = tiny_image.get_config("digits_official")
+    exp = experiment.Experiment.from_config(config)
+    official = exp.model.to_official_kwargs()  # an official Model(...) exists for it: unconditional
+    self.assertEqual((official["channels"], official["num_blocks"], official["patch_size"], official["head_dim"]),
+                     (128, 4, 2, 32))
+    self.assertEqual(official["layers_per_block"], [2, 2, 2, 2])
+    step, opt = exp.step, exp.optimizer
+    self.assertEqual((step.noise_std, step.dequantize, step.grad_clip, step.grad_skip), (0.0, True, 1.0, False))
+    self.assertEqual((opt.lr, opt.min_lr, opt.b1, opt.b2, opt.weight_decay, opt.warmup_steps),
+                     (5e-4, 0.0, 0.9, 0.95, 1e-4, 100))
+    self.assertEqual((exp.loop.batch_size, opt.num_steps), (64, 3000))
+
+
 if __name__ == "__main__":
   absltest.main()
