@@ -34,19 +34,20 @@ def get_config(arg: str = ""):
                  denoiser_window=2,
                  denoiser_layers=2,
                  num_actions=len(ACTIONS))
-  c.train.update(batch_size=16,
-                 num_steps=1200,
-                 lr=3e-3,
-                 min_lr=1e-3,
-                 warmup_steps=50,
-                 # 0.3, not the demo's 0.1: at 0.1 the learned inverse is chaotic on these flat
-                 # frames and rollouts smear into noise (controllability 0.20; BENCHMARKS.md).
-                 noise_std=0.3,
-                 drop_label=0.1,
-                 drop_first_frame=0.0,
-                 grad_skip=False,
-                 flow_score_matching=True,
-                 denoiser_lr=1e-3)
+  c.train.update(
+      batch_size=16,
+      num_steps=1200,
+      lr=3e-3,
+      min_lr=1e-3,
+      warmup_steps=50,
+      # 0.3, not the demo's 0.1: at 0.1 the learned inverse is chaotic on these flat
+      # frames and rollouts smear into noise (controllability 0.20; BENCHMARKS.md).
+      noise_std=0.3,
+      drop_label=0.1,
+      drop_first_frame=0.0,
+      grad_skip=False,
+      flow_score_matching=True,
+      denoiser_lr=1e-3)
   c.checkpoint.update(every_steps=250, keep=2)
   c.log.update(every_steps=25, sample_every_steps=0, num_samples=4)
   c.sample.update(method="sequential", guidance=0.0, jacobi_block_size=16, jacobi_threshold=1e-3)
