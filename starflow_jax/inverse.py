@@ -78,14 +78,14 @@ def shallow_inverse(config: ModelConfig,
                     grid: TokenGrid,
                     deep_cond: Array | None,
                     guidance: float,
-                    block_inverse: BlockInverse | Sequence[BlockInverse],
+                    block_inverses: Sequence[BlockInverse],
                     guide_top: bool = False,
                     return_sequence: bool = False):
   """The shallow blocks' inverses in reverse order on the deep block's output h [B, T, N, D]
   (`grid` its T frames; one frame at a time for a frame-by-frame scheduler). `deep_cond` and
   `guidance` as returned by `guided_condition`. guide_top: guidance in the deep block only (the
   official `guide_top`: conditioned shallow blocks then see the condition unguided).
-  block_inverse: one for every shallow block, or a sequence (shallow block i's at index i).
+  block_inverses: shallow block i's inverse at index i.
   return_sequence: (h, [h after each shallow block]) instead of h (the official return_sequence)."""
   b, t, n, d = h.shape
   if guide_top and guidance > 0:
@@ -96,9 +96,8 @@ def shallow_inverse(config: ModelConfig,
   sequence = []
   for i in reversed(range(config.num_blocks - 1)):
     h_in = model_lib.to_shallow_batch(config, h)
-    invert_block = block_inverse[i] if isinstance(block_inverse, (tuple, list)) else block_inverse
-    h = invert_block(model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in, s_grid,
-                     shallow_cond, shallow_guidance)
+    h = block_inverses[i](model_lib.shallow_block(config, i), model_lib.shallow_params(params, i), h_in, s_grid,
+                          shallow_cond, shallow_guidance)
     h = h.reshape(b, t, n, d)
     sequence.append(h)
   return (h, sequence) if return_sequence else h
@@ -158,8 +157,8 @@ def _invert_tokens(config, params, z_tok, grid, deep_cond, deep_guidance, block_
                     deep_guidance,
                     given=given,
                     **with_actions)
-  return shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance, block_inverse,
-                         guide_top)
+  return shallow_inverse(config, params, h.reshape(b, t, n, d), grid, deep_cond, deep_guidance,
+                         (block_inverse,) * (config.num_blocks - 1), guide_top)
 
 
 def block_iterations(config: ModelConfig,

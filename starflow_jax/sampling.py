@@ -295,8 +295,7 @@ class VideoSampler:
     sizes = [m for _, m in jacobi.block_schedule(0, frame.num_tokens, frame.num_tokens, self.jacobi_options)]
     names = ["deep"] + [f"shallow_{i}" for i in reversed(range(self.config.num_blocks - 1))]
     plan = {}
-    for name, its in zip(names, record):
-      its = np.asarray(jax.device_get(its))
+    for name, its in zip(names, jax.device_get(record)):
       plan[name] = "jacobi" if its.size == 0 or jacobi.pays_off(its, sizes[:its.size], cost) else "sequential"
     self.plan = plan
     self.deep_options = self.jacobi_options if plan["deep"] == "jacobi" else None

@@ -78,10 +78,26 @@ def step_keys(rng: Array, step: Array) -> tuple[Array, Array, Array]:
   return noise, deq, drop
 
 
+def unit_pixels(settings: StepSettings, deq_rng: Array, video: Array) -> Array:
+  """Pixels in [-1, 1], uniformly dequantised with `deq_rng` when settings.dequantize."""
+  return pixels_to_unit(video, deq_rng if settings.dequantize else None)
+
+
 def dequantised_pixels(settings: StepSettings, rng: Array, step: Array, video: Array) -> Array:
   """The step's autoencoder input: pixels in [-1, 1] with its dequantisation noise."""
   _, deq_rng, _ = step_keys(rng, step)
-  return pixels_to_unit(video, deq_rng if settings.dequantize else None)
+  return unit_pixels(settings, deq_rng, video)
+
+
+def flow_input(modules: "StepModules", settings: StepSettings, video: Array, deq_rng: Array,
+               latents_given: bool) -> Array:
+  """The flow's clean input of a batch's video: given latents as they are, else the autoencoder's
+  latents of the dequantised pixels; [B, T, H, W, C], or [B, H, W, C] for an image model."""
+  if settings.pre_encoded or latents_given:
+    x = video.astype(jnp.float32)
+  else:
+    x = modules.autoencoder.encode(unit_pixels(settings, deq_rng, video))
+  return x if modules.model_config.is_video else x[:, 0]
 
 
 def _label_fn(params):
@@ -157,14 +173,8 @@ def prepare_inputs(modules: StepModules, settings: StepSettings, state: TrainSta
   """(x~ [B, T, H, W, C] or [B, H, W, C], the condition inputs): the step's noisy latents and the
   captions / labels / embeddings after condition dropout. Random numbers come from the step's
   keys for the whole batch, so they do not depend on how the batch is split into microbatches."""
-  noise_rng, _, drop_rng = step_keys(state.rng, state.step)
-  video = batch["video"]
-  if settings.pre_encoded or latents_given:
-    x = video.astype(jnp.float32)
-  else:
-    x = modules.autoencoder.encode(dequantised_pixels(settings, state.rng, state.step, video))
-  if not modules.model_config.is_video:
-    x = x[:, 0]  # images: [B, H, W, C]
+  noise_rng, deq_rng, drop_rng = step_keys(state.rng, state.step)
+  x = flow_input(modules, settings, batch["video"], deq_rng, latents_given)
   conditions = {k: v for k, v in batch.items() if k != "video"}
   if drop_first_frame:
     x = x[:, 1:]
@@ -332,13 +342,7 @@ def eval_nll(params,
   objective's input (dequantised pixels -> latents -> x~ = x + sigma eps) without condition
   dropout, every example under its own caption / label / actions."""
   deq_rng, noise_rng = jax.random.split(rng)
-  video = batch["video"]
-  if settings.pre_encoded or latents_given:
-    x = video.astype(jnp.float32)
-  else:
-    x = modules.autoencoder.encode(pixels_to_unit(video, deq_rng if settings.dequantize else None))
-  if not modules.model_config.is_video:
-    x = x[:, 0]  # images: [B, H, W, C]
+  x = flow_input(modules, settings, batch["video"], deq_rng, latents_given)
   x_noisy = x + settings.noise_std * jax.random.normal(noise_rng, x.shape)
   with axes.activation_sharding(modules.mesh, modules.rules):
     cond = encode_condition(modules, params, batch)
@@ -381,6 +385,8 @@ class Trainer:
     self.encodes_before_step = bool(getattr(self.autoencoder, "jit_inside", False)) and not self.settings.pre_encoded
     self._unit_pixels = jax.jit(functools.partial(dequantised_pixels, self.settings),
                                 out_shardings=sharding.batch_sharding(mesh))
+    self._eval_unit_pixels = jax.jit(functools.partial(unit_pixels, self.settings),
+                                     out_shardings=sharding.batch_sharding(mesh))
 
   # ---------------------------------------------------------------- state
   def _boxed_params(self, rng):
@@ -468,11 +474,9 @@ class Trainer:
 
   def evaluate(self, params, batch: dict[str, Array], rng: Array) -> Array:
     """Per-example nats/dim [B] of a held-out global batch under `params` (`eval_nll`)."""
-    if self.encodes_before_step:
+    if self.encodes_before_step:  # with eval_nll's own dequantisation key
       deq_rng, _ = jax.random.split(rng)
-      unit = jax.jit(lambda v: pixels_to_unit(v, deq_rng if self.settings.dequantize else None),
-                     out_shardings=sharding.batch_sharding(self.mesh))(batch["video"])
-      batch = {**batch, "video": self.autoencoder.encode(unit)}
+      batch = {**batch, "video": self.autoencoder.encode(self._eval_unit_pixels(deq_rng, batch["video"]))}
     return self.compiled_eval()(params, batch, rng)
 
   def gradients(self, state: TrainState, batch: dict[str, Array], drop_first_frame: bool = False):

@@ -121,7 +121,9 @@ class DatasetScoreTest(absltest.TestCase):
       x = pixels_to_unit(element["video"][None], None)
       out = model_lib.forward(exp.model, self.params["model"], x, cond)
       expected.append(float(losses.nll_per_dim(out.z, out.logdets)[0]))
-    np.testing.assert_allclose(result.per_example, expected, rtol=2e-6, atol=2e-6)
+    # Batched (4) and per-element (1) programs may round differently (float32 sums over the
+    # 576 dimensions and every layer's contractions): the scorer tests' bound for this comparison.
+    np.testing.assert_allclose(result.per_example, expected, rtol=1e-5, atol=1e-6)
     self.assertGreater(np.ptp(expected), 0)  # the examples differ: order and identity are checked
     d = result.as_dict()
     self.assertEqual(d["num_examples"], 11)
