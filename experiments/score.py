@@ -170,6 +170,8 @@ def score_dataset(workdir: str, split: str) -> dict:
     raise UserError(f"--dataset={split} must be train or eval")
   if FLAGS.num_examples is not None and FLAGS.num_examples < 1:
     raise UserError(f"--num_examples={FLAGS.num_examples} must be >= 1")
+  if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+    raise UserError(f"--batch_size={FLAGS.batch_size} must be >= 1 (or left out: the training batch)")
   config = ml_collections.ConfigDict(fileio.read_json(path))
   bundle = checkpoint.load_bundle(model_directory(workdir))
   mesh = sharding.make_mesh(config.mesh.shape)

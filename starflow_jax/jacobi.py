@@ -64,8 +64,11 @@ class JacobiOptions:
       raise UserError(f"max_iter={self.max_iter} must be at least 1")
     if self.threshold < 0:
       raise UserError(f"threshold={self.threshold} must be >= 0 (0 iterates to max_iter)")
-    if self.fallback_after is not None and (self.fallback_after <= 0 or self.reference_compatible):
-      raise UserError(f"fallback_after={self.fallback_after} must be >= 1 and needs reference_compatible=False")
+    if self.fallback_after is not None and self.fallback_after <= 0:
+      raise UserError(f"fallback_after={self.fallback_after} (--jacobi_fallback) must be >= 1 iteration")
+    if self.fallback_after is not None and self.reference_compatible:
+      raise UserError("fallback_after (--jacobi_fallback) is not part of the official Jacobi: "
+                      "use it without reference_compatible")
 
   @property
   def later_size(self) -> int:

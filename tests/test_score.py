@@ -173,6 +173,9 @@ class DatasetScoreTest(absltest.TestCase):
     low, high = report["bits_per_dim_interval"]
     self.assertLess(low, report["bits_per_dim"])
     self.assertLess(report["bits_per_dim"], high)
+    zero = run_score(f"--workdir={workdir}", "--dataset=eval", "--batch_size=0", f"--out={out}")
+    self.assertEqual(zero.returncode, 2)
+    self.assertIn("--batch_size=0 must be >= 1", zero.stderr)
     both = run_score(f"--workdir={workdir}", "--dataset=eval", "--input=x.gif")
     self.assertEqual(both.returncode, 2)
     self.assertIn("give one of --input", both.stderr)
