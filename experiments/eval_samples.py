@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +19,7 @@ import numpy as np
 
 from data_pipeline import shapes_score, sources
 from data_pipeline.shapes import DIRECTIONS
+from experiments import cli
 from experiments.cli import setup_logging
 from starflow_jax import checkpoint, fileio, media
 from starflow_jax.errors import UserError
@@ -35,6 +36,7 @@ def define_flags():
   flags.DEFINE_integer("per_prompt", 2, "samples per prompt")
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_string("out", None, "JSON report (default WORKDIR/sample_scores.json)")
+  flags.DEFINE_float("guidance", None, "classifier-free guidance (default: the model directory's)")
 
 
 def vocabulary_prompts(shapes_config) -> list[str]:
@@ -60,7 +62,7 @@ def real_clips(config: ml_collections.ConfigDict, count: int) -> tuple[np.ndarra
   return np.stack(videos), captions
 
 
-def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
+def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0, guidance: float | None = None) -> dict:
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.data.source not in ("shapes", "latents"):
@@ -69,7 +71,9 @@ def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
   bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
   defaults = bundle.sampling_defaults
   frames = defaults["num_frames"]
-  sampler = VideoSampler(bundle, options_from_defaults(defaults, progress=False))
+  if guidance is not None and guidance < 0:
+    raise UserError(f"--guidance={guidance} must be >= 0 (0: no guidance)")
+  sampler = VideoSampler(bundle, options_from_defaults(defaults, progress=False, guidance=guidance))
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)]
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, frames, seed=seed))))
   palette = tuple(config.data.shapes.colors)
@@ -80,14 +84,14 @@ def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0) -> dict:
     unit = pixels_to_unit(jnp.asarray(real), None)
     decoded = sampler.autoencoder.decode(sampler.autoencoder.encode(unit))
     report["autoencoded"] = shapes_score.score_clips(media.to_uint8(np.asarray(decoded)), captions, palette)
-  report.update(method=defaults["method"], guidance=defaults["guidance"], frames=frames)
+  report.update(method=sampler.options.method, guidance=sampler.options.guidance, frames=frames)
   return report
 
 
 def main(argv):
   del argv
   setup_logging()
-  report = evaluate(FLAGS.workdir, FLAGS.per_prompt, FLAGS.seed)
+  report = evaluate(FLAGS.workdir, FLAGS.per_prompt, FLAGS.seed, FLAGS.guidance)
   print(f"\nprompt adherence ({report['method']} decoding, guidance {report['guidance']}, "
         f"{report['frames']} frames)")
   print(f"{'':12s} {'clips':>6s} {'visible':>8s} {'colour':>8s} {'direction':>10s}")
@@ -107,4 +111,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main)

@@ -134,6 +134,13 @@ def gather_to_host(tree: Any) -> Any:
   return jax.tree_util.tree_map(gather, tree)
 
 
+def every_process_value(value: int) -> list[int]:
+  """`value` as each process holds it, in process order (all of them call this)."""
+  if jax.process_count() == 1:
+    return [int(value)]
+  return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int64))).ravel()]
+
+
 def broadcast_from_primary(value: Any) -> Any:
   """Process 0's value (numpy-convertible pytree) on every process."""
   if jax.process_count() == 1:

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from starflow_jax import checkpoint as model_checkpoint
-from starflow_jax import fileio
+from starflow_jax import distributed, fileio
 from starflow_jax.config import ModelConfig
 from starflow_jax.errors import UserError
 
@@ -81,6 +81,24 @@ class TrainCheckpointer:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def resume_step(self) -> int | None:
+    """The latest committed step, as every process sees it after all of them have started.
+
+    Each process lists the directory itself; a process that listed before another host's
+    previous job had finished, or a workdir that is not one shared directory, would resume from
+    another step and pair its collectives with the wrong ones (a hang). So the processes list
+    after a barrier and must agree."""
+    if jax.process_count() > 1:
+      distributed.barrier("list checkpoints")
+      self.manager.reload()
+    latest = self.manager.latest_step()
+    seen = distributed.every_process_value(-1 if latest is None else latest)
+    if len(set(seen)) > 1:
+      shown = ", ".join(f"process {i}: {'none' if s < 0 else s}" for i, s in enumerate(seen))
+      raise UserError(f"the processes see different latest checkpoints in {self.directory} ({shown}); "
+                      "every host must read and write the same shared --workdir")
+    return latest
 
   def save(self, step: int, state, iterator, config: ml_collections.ConfigDict, force: bool = False) -> bool:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),

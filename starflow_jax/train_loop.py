@@ -153,7 +153,7 @@ def _init_bundle(exp: experiment.Experiment, trainer: Trainer, workdir):
 
 def _start_state(ckpt: TrainCheckpointer, trainer: Trainer, iterator, config, init_bundle) -> TrainState:
   """The latest checkpoint's state (the iterator moved to its position), else a fresh one."""
-  latest = ckpt.latest_step()
+  latest = ckpt.resume_step()
   if latest is not None:
     ckpt.check_compatible(latest, config)
     state = ckpt.restore(latest, trainer.abstract_state, iterator)

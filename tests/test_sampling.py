@@ -23,22 +23,30 @@ from starflow_jax.sampling import SamplingOptions, VideoSampler
 from tests import helpers
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # a program loaded from the persistent cache
 
 
 @contextlib.contextmanager
 def count_compilations():
-  """Counts XLA backend compilations inside the block."""
+  """Counts the programs XLA compiled inside the block, or loaded compiled from the test run's
+  persistent compilation cache (tests/conftest.py) instead."""
   count = [0]
 
-  def listener(event, duration, **kwargs):
+  def on_duration(event, duration, **kwargs):
     if event == COMPILE_EVENT:
       count[0] += 1
 
-  jax.monitoring.register_event_duration_secs_listener(listener)
+  def on_event(event, **kwargs):
+    if event == CACHE_HIT_EVENT:
+      count[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  jax.monitoring.register_event_listener(on_event)
   try:
     yield count
   finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.monitoring.unregister_event_duration_listener(on_duration)
+    jax.monitoring.unregister_event_listener(on_event)
 
 
 def run_cli(argv):

@@ -214,5 +214,24 @@ class LargeBatchTest(absltest.TestCase):
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(bundle.params), ema["model"])
 
 
+class ResumeStepTest(absltest.TestCase):
+
+  def test_processes_that_see_different_checkpoints_stop_with_one_line(self):
+    """Hosts that list different latest steps (an unshared --workdir, or one listed before the
+    last job's save was visible) would pair the wrong collectives and hang: a UserError instead."""
+    from unittest import mock
+    from starflow_jax import distributed
+    from starflow_jax.errors import UserError
+    from starflow_jax.train_checkpoint import TrainCheckpointer
+    ckpt = TrainCheckpointer(self.create_tempdir().full_path, 3, 2)
+    self.assertIsNone(ckpt.resume_step())  # one process, nothing saved
+    with mock.patch.object(distributed, "every_process_value", return_value=[-1, 8]):
+      with self.assertRaisesRegex(UserError, r"process 0: none, process 1: 8.*same shared --workdir"):
+        ckpt.resume_step()
+    with mock.patch.object(distributed, "every_process_value", return_value=[-1, -1]):
+      self.assertIsNone(ckpt.resume_step())
+    ckpt.close()
+
+
 if __name__ == "__main__":
   absltest.main()
