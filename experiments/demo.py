@@ -16,6 +16,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
+from experiments import eval_samples
 from experiments.cli import setup_logging
 from experiments.configs import tiny_video
 from starflow_jax import checkpoint, fileio, media, metrics, train_loop
@@ -79,6 +80,7 @@ def main(argv):
   written.append(
       media.save_gif(os.path.join(sample_dir, "long_" + long_prompt.replace(" ", "_") + ".gif"), long_video, fps=4))
   sample_seconds = time.time() - sample_start
+  adherence = eval_samples.evaluate(workdir)  # every vocabulary prompt, scored (eval_samples)
 
   print("\n=== starflow-jax demo ===")
   print(f"trained {final.get('step', '?')} steps in {train_seconds / 60:.1f} min; final loss "
@@ -86,6 +88,10 @@ def main(argv):
         f"noise-augmented pixels, sigma {defaults['noise_std']})")
   print(f"sampled {len(PROMPTS)} clips of {frames} frames and one of {3 * frames} frames in "
         f"{sample_seconds:.0f}s ({defaults['method']} decoding, guidance {defaults['guidance']}, learned denoiser)")
+  samples = adherence["samples"]
+  print(f"prompt adherence over {samples['clips']} sampled clips of every vocabulary prompt: colour "
+        f"{samples['colour_accuracy']:.2f}, direction {samples['direction_accuracy']:.2f} (chance "
+        f"{samples['colour_chance']:.2f} / {samples['direction_chance']:.2f}; python -m experiments.eval_samples)")
   print(f"training workdir: {workdir} (TensorBoard: {os.path.join(workdir, 'tensorboard')})")
   print(f"loss curve:       {os.path.join(workdir, 'loss_curve.png')}")
   print(f"model directory:  {model_dir}")
@@ -93,7 +99,7 @@ def main(argv):
     print(f"sample:           {path}")
   print("sample more: python -m experiments.sample --workdir=" + workdir +
         " --prompt='a blue circle moving up' --out=my_clip.mp4")
-  summary = {"train_minutes": train_seconds / 60, "final": final, "samples": written}
+  summary = {"train_minutes": train_seconds / 60, "final": final, "samples": written, "adherence": adherence}
   fileio.write_json(os.path.join(FLAGS.out_dir, "summary.json"), summary, overwrite=True)
 
 

@@ -51,7 +51,8 @@ def get_config(arg: str = ""):
   c.checkpoint.update(every_steps=250, keep=2)
   c.log.update(every_steps=25, sample_every_steps=0, num_samples=4)
   c.sample.update(method="sequential", guidance=0.0, jacobi_block_size=16, jacobi_threshold=1e-3)
-  if arg == "smoke":
+  if arg == "smoke":  # the mechanics only (tests): a narrow one-layer-per-block model
+    c.model.update(channels=32, top_block_channels=32, layers_per_block=(1, 1, 1), denoiser_layers=1)
     c.train.update(num_steps=10, warmup_steps=2, batch_size=4)
     c.checkpoint.update(every_steps=5)
     c.log.update(every_steps=1, progress=False)
