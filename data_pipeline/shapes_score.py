@@ -70,3 +70,64 @@ def score_clips(videos: np.ndarray, captions: list[str], palette: tuple[str, ...
       "colour_chance": 1.0 / len(palette),
       "direction_chance": 1.0 / len(DIRECTIONS)
   }
+
+
+# ---------------------------------------------------------------------- per-frame (long videos)
+FRAME_METRICS = ("visible", "colour", "axis", "sharpness", "continuity")
+
+
+def frame_metrics(video: np.ndarray, caption: str, palette: tuple[str, ...], threshold: int = 80) -> dict:
+  """Per-frame agreement of one uint8 clip [T, H, W, 3] with its caption, each [T] float:
+
+  visible     1 where the frame has foreground;
+  colour      1 where the frame's foreground is nearest the caption's colour;
+  axis        1 where the centroid moved (>= 0.25 px) along the caption's axis (horizontal for
+              left / right): bounces reverse the direction, never the axis;
+  sharpness   the high-frequency energy, mean squared Laplacian of the luminance in [0, 1];
+  continuity  max(0, cosine) of this frame's centroid step and the previous one (1: a steady
+              glide, 0: a jump sideways or a stall; a bounce counts 0, as in the real clips).
+  Frames where a metric is undefined (nothing visible, no step yet) are NaN."""
+  colour_name, _, direction = parse_caption(caption)
+  want_axis = int(DIRECTIONS[direction][0] == 0)  # 0: rows (up / down), 1: columns
+  t = len(video)
+  out = {name: np.full(t, np.nan, np.float64) for name in FRAME_METRICS}
+  centroids = np.full((t, 2), np.nan)
+  for i, frame in enumerate(video):
+    mask = frame.max(axis=-1) > threshold
+    out["visible"][i] = float(mask.any())
+    out["sharpness"][i] = _laplacian_energy(frame)
+    if mask.any():
+      out["colour"][i] = float(clip_colour(frame[None], palette, threshold) == colour_name)
+      rows, cols = np.nonzero(mask)
+      centroids[i] = rows.mean(), cols.mean()
+  steps = np.diff(centroids, axis=0)  # [T-1, 2]; NaN where either frame is empty
+  for i, step in enumerate(steps, start=1):
+    if np.isnan(step).any():
+      continue
+    moved = np.abs(step).max() >= 0.25
+    out["axis"][i] = float(moved and int(np.argmax(np.abs(step))) == want_axis)
+    before = steps[i - 2] if i >= 2 else None
+    if before is not None and not np.isnan(before).any():
+      norms = np.linalg.norm(step) * np.linalg.norm(before)
+      out["continuity"][i] = max(0.0, float(np.dot(step, before) / norms)) if norms > 0 else 0.0
+  return out
+
+
+def _laplacian_energy(frame: np.ndarray) -> float:
+  luma = frame.astype(np.float64).mean(axis=-1) / 255.0  # [H, W]
+  lap = (-4 * luma[1:-1, 1:-1] + luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:])
+  return float(np.mean(np.square(lap)))
+
+
+def windowed(per_clip: list[dict], window: int) -> dict:
+  """Per-frame metrics of many clips -> {metric: [mean over clips and the frames of window k]}
+  for windows [kT, (k+1)T) (NaN frames left out)."""
+  length = len(per_clip[0]["visible"])
+  out = {}
+  for name in FRAME_METRICS:
+    values = np.stack([clip[name] for clip in per_clip])  # [N, T]
+    out[name] = [
+        float(np.nanmean(values[:, k:k + window])) if np.isfinite(values[:, k:k + window]).any() else float("nan")
+        for k in range(0, length - window + 1, window)
+    ]
+  return out

@@ -21,6 +21,7 @@ COMMANDS = (
     "experiments.demo",
     "experiments.eval_anomaly",
     "experiments.eval_denoiser",
+    "experiments.eval_long_video",
     "experiments.eval_samples",
     "experiments.eval_world_model",
     "experiments.main",

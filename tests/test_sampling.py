@@ -113,6 +113,24 @@ class TrainedModelTest(absltest.TestCase):
       ])
       self.assertEqual(self._frames(out).shape[0], 6)
 
+  def test_long_video_drift_report(self):
+    """experiments.eval_long_video end to end on the micro model: 2x its length, per window."""
+    from experiments import eval_long_video
+    report = eval_long_video.evaluate(self.workdir, multiple=2, num_prompts=2)
+    self.assertEqual((report["frames"], report["length"]), (3, 6))
+    for label in ("samples", "real clips"):
+      self.assertEqual(report[label]["clips"], 2)
+      for name, windows in report[label]["windows"].items():
+        self.assertLen(windows, 2, name)
+        self.assertLen(report[label]["per_frame"][name], 6, name)
+    self.assertEqual(report["real clips"]["windows"]["visible"], [1.0, 1.0])
+    self.assertEqual(report["real clips"]["windows"]["colour"], [1.0, 1.0])
+    plot = os.path.join(self.create_tempdir().full_path, "drift.png")
+    eval_long_video.save_plot(plot, report)
+    self.assertEqual(Image.open(plot).format, "PNG")
+    with self.assertRaisesRegex(Exception, "--multiple=1 must be >= 2"):
+      eval_long_video.evaluate(self.workdir, multiple=1)
+
   def test_stream_writes_frames_as_they_come(self):
     tmp = self.create_tempdir().full_path
     out = os.path.join(tmp, "stream.gif")

@@ -232,6 +232,18 @@ class ResumeStepTest(absltest.TestCase):
       self.assertIsNone(ckpt.resume_step())
     ckpt.close()
 
+  def test_first_frame_drop_schedule_is_a_function_of_seed_and_step(self):
+    """What a resumed (or restarted multi-host) run decides at step n is what the uninterrupted
+    run decided: nothing but (seed, step) enters, so the multi-host tests can train without it."""
+    config = tiny_config(drop_first_frame=0.25)
+    first, again = (experiment.Experiment.from_config(config) for _ in range(2))
+    schedule = [first.drop_first_frame_at(step) for step in range(400)]
+    self.assertEqual([again.drop_first_frame_at(step) for step in reversed(range(400))], schedule[::-1])
+    self.assertBetween(sum(schedule), 60, 140)  # ~100 of 400 at p = 0.25
+    config.seed += 1
+    self.assertNotEqual([experiment.Experiment.from_config(config).drop_first_frame_at(s) for s in range(400)],
+                        schedule)
+
 
 if __name__ == "__main__":
   absltest.main()
