@@ -35,19 +35,19 @@ def clip_colour(video: np.ndarray, palette: tuple[str, ...], threshold: int = 80
 
 def clip_direction(video: np.ndarray, threshold: int = 80, direction_frames: int = 3) -> str | None:
   """The compass direction nearest to the centroid displacement over the first frames."""
-  centroids = []
-  for frame in video[:direction_frames]:
-    mask = frame.max(axis=-1) > threshold
-    if not mask.any():
-      return None
-    rows, cols = np.nonzero(mask)
-    centroids.append((rows.mean(), cols.mean()))
-  if len(centroids) < 2:
+  centroids = [foreground_centroid(frame, threshold) for frame in video[:direction_frames]]
+  if len(centroids) < 2 or any(c is None for c in centroids):
     return None
-  step = np.array(centroids[-1]) - np.array(centroids[0])
+  step = centroids[-1] - centroids[0]
   if np.abs(step).max() < 0.25:  # no visible motion
     return None
   return max(DIRECTIONS, key=lambda name: float(np.dot(step, DIRECTIONS[name])))
+
+
+def foreground_centroid(frame: np.ndarray, threshold: int = 80) -> np.ndarray | None:
+  """(row, col) mean of a uint8 frame's [H, W, 3] foreground pixels; None if it has none."""
+  rows, cols = np.nonzero(frame.max(axis=-1) > threshold)
+  return np.array([rows.mean(), cols.mean()]) if len(rows) else None
 
 
 def score_clips(videos: np.ndarray, captions: list[str], palette: tuple[str, ...], threshold: int = 80) -> dict:
@@ -93,13 +93,12 @@ def frame_metrics(video: np.ndarray, caption: str, palette: tuple[str, ...], thr
   out = {name: np.full(t, np.nan, np.float64) for name in FRAME_METRICS}
   centroids = np.full((t, 2), np.nan)
   for i, frame in enumerate(video):
-    mask = frame.max(axis=-1) > threshold
-    out["visible"][i] = float(mask.any())
+    centroid = foreground_centroid(frame, threshold)
+    out["visible"][i] = float(centroid is not None)
     out["sharpness"][i] = _laplacian_energy(frame)
-    if mask.any():
+    if centroid is not None:
       out["colour"][i] = float(clip_colour(frame[None], palette, threshold) == colour_name)
-      rows, cols = np.nonzero(mask)
-      centroids[i] = rows.mean(), cols.mean()
+      centroids[i] = centroid
   steps = np.diff(centroids, axis=0)  # [T-1, 2]; NaN where either frame is empty
   for i, step in enumerate(steps, start=1):
     if np.isnan(step).any():

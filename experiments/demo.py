@@ -80,7 +80,7 @@ def main(argv):
   written.append(
       media.save_gif(os.path.join(sample_dir, "long_" + long_prompt.replace(" ", "_") + ".gif"), long_video, fps=4))
   sample_seconds = time.time() - sample_start
-  adherence = eval_samples.evaluate(workdir)  # every vocabulary prompt, scored (eval_samples)
+  adherence = eval_samples.evaluate(workdir, sampler=sampler)  # every vocabulary prompt, scored
 
   print("\n=== starflow-jax demo ===")
   print(f"trained {final.get('step', '?')} steps in {train_seconds / 60:.1f} min; final loss "

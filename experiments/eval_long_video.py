@@ -12,7 +12,6 @@ Prints a table (each metric per window, and the last window over the first) and 
 report and a plot of every metric over time.
 """
 
-import json
 import os
 import warnings
 
@@ -24,10 +23,9 @@ import numpy as np
 from data_pipeline import shapes_score
 from experiments import cli
 from experiments.cli import setup_logging
-from experiments.eval_samples import real_clips, vocabulary_prompts
-from starflow_jax import checkpoint, fileio, media
+from experiments.eval_samples import real_clips, shapes_config, shapes_sampler, vocabulary_prompts
+from starflow_jax import fileio, media
 from starflow_jax.errors import UserError
-from starflow_jax.sampling import VideoSampler, options_from_defaults
 
 FLAGS = flags.FLAGS
 
@@ -65,14 +63,9 @@ def evaluate(workdir: str,
   """The drift report (`summarise` of the samples and of real clips, as JSON-able dict)."""
   if multiple < 2 or per_prompt < 1:
     raise UserError(f"--multiple={multiple} must be >= 2 and --per_prompt={per_prompt} >= 1")
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.data.source not in ("shapes", "latents"):
-    raise UserError(f"{workdir} was trained on data.source={config.data.source!r}; the long-video "
-                    "evaluation needs a moving-shapes model (shapes, or latents of the shapes)")
-  bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
-  frames = bundle.sampling_defaults["num_frames"]
-  sampler = VideoSampler(bundle, options_from_defaults(bundle.sampling_defaults, progress=False))
+  config = shapes_config(workdir)
+  sampler = shapes_sampler(workdir)
+  frames = sampler.bundle.sampling_defaults["num_frames"]
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)][:num_prompts]
   length = multiple * frames
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, length, seed=seed))))

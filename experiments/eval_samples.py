@@ -62,18 +62,33 @@ def real_clips(config: ml_collections.ConfigDict, count: int) -> tuple[np.ndarra
   return np.stack(videos), captions
 
 
-def evaluate(workdir: str, per_prompt: int = 2, seed: int = 0, guidance: float | None = None) -> dict:
+def shapes_config(workdir: str) -> ml_collections.ConfigDict:
+  """The training config of a moving-shapes model's workdir (the scorers need that data)."""
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   if config.data.source not in ("shapes", "latents"):
     raise UserError(f"{workdir} was trained on data.source={config.data.source!r}; this scorer "
                     "needs the procedural moving shapes (or latents pre-encoded from them)")
-  bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
-  defaults = bundle.sampling_defaults
-  frames = defaults["num_frames"]
+  return config
+
+
+def shapes_sampler(workdir: str, guidance: float | None = None) -> VideoSampler:
+  """A sampler of WORKDIR/model with the model directory's options (`guidance` over them)."""
   if guidance is not None and guidance < 0:
     raise UserError(f"--guidance={guidance} must be >= 0 (0: no guidance)")
-  sampler = VideoSampler(bundle, options_from_defaults(defaults, progress=False, guidance=guidance))
+  bundle = checkpoint.load_bundle(os.path.join(workdir, "model"))
+  return VideoSampler(bundle, options_from_defaults(bundle.sampling_defaults, progress=False, guidance=guidance))
+
+
+def evaluate(workdir: str,
+             per_prompt: int = 2,
+             seed: int = 0,
+             guidance: float | None = None,
+             sampler: VideoSampler | None = None) -> dict:
+  """Adherence of `sampler` (default: `shapes_sampler(workdir, guidance)`) to every prompt."""
+  config = shapes_config(workdir)
+  sampler = sampler or shapes_sampler(workdir, guidance)
+  frames = sampler.bundle.sampling_defaults["num_frames"]
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)]
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, frames, seed=seed))))
   palette = tuple(config.data.shapes.colors)

@@ -18,6 +18,7 @@ from experiments import sample as sample_cli
 from experiments.configs import tiny_video
 from starflow_jax import checkpoint, decoding, inverse, model as model_lib, tokens, train_loop
 from starflow_jax.checkpoint import ModelBundle
+from starflow_jax.errors import UserError
 from starflow_jax.jacobi import JacobiOptions
 from starflow_jax.sampling import SamplingOptions, VideoSampler
 from tests import helpers
@@ -128,7 +129,7 @@ class TrainedModelTest(absltest.TestCase):
     plot = os.path.join(self.create_tempdir().full_path, "drift.png")
     eval_long_video.save_plot(plot, report)
     self.assertEqual(Image.open(plot).format, "PNG")
-    with self.assertRaisesRegex(Exception, "--multiple=1 must be >= 2"):
+    with self.assertRaisesRegex(UserError, "--multiple=1 must be >= 2"):
       eval_long_video.evaluate(self.workdir, multiple=1)
 
   def test_stream_writes_frames_as_they_come(self):
