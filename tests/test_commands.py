@@ -14,6 +14,7 @@ COMMANDS = (
     "data_pipeline.prepare_tfds",
     "experiments.bench_data",
     "experiments.bench_memory",
+    "experiments.bench_parity",
     "experiments.bench_sampling",
     "experiments.bench_stream",
     "experiments.bench_train",

@@ -6,7 +6,8 @@ About 6 minutes on a 2-core CPU (x86_64, JAX CPU, ~6 steps/s) for the default 20
 16x16 RGB clips of 5 frames with one shape (4 colours, 3 shapes, 4 directions), pixel space,
 patch 4, word embeddings trained jointly as the text encoder, the caption in every flow block,
 the flow-score-matching denoiser.
-`:smoke` (20 steps) and `:micro` (12 steps of an 8x8 model) are for tests.
+`:smoke` (20 steps) and `:micro` (12 steps of an 8x8 model) are for tests; `:scaled` is a deep
+512 x 6 at 256 tokens a frame for the Jacobi benchmark (BENCHMARKS.md).
 """
 
 from experiments.configs import base
@@ -84,6 +85,23 @@ def get_config(arg: str = ""):
                    layers_per_block=(1, 1, 3))
     c.train.update(noise_std=0.3, dequantize=False, drop_first_frame=0.25)
     c.sample.update(method="sequential")
+  elif arg == "scaled":  # a trained deep 512 x 6 for the Jacobi benchmark (BENCHMARKS.md, method auto)
+    # The scaled-up shape of experiments.bench_sampling (256 tokens a frame, patch 1) on the
+    # demo's data and recipe; no denoiser (the benchmark times the flow inverse only).
+    c.data.shapes.update(num_frames=3, min_speed=0.08, max_speed=0.16)
+    c.model.update(patch_size=1,
+                   channels=256,
+                   top_block_channels=512,
+                   num_blocks=4,
+                   layers_per_block=(1, 1, 1, 6),
+                   head_dim=64,
+                   learnable_self_denoiser=False,
+                   conditional_denoiser=False,
+                   denoiser_window=None)
+    c.text.update(num_layers=0)
+    c.train.update(batch_size=4, num_steps=600, lr=1e-3, min_lr=1e-4, noise_std=0.3, flow_score_matching=False)
+    c.checkpoint.update(every_steps=100, keep=2)
+    c.log.update(sample_every_steps=0)
   elif arg == "micro":  # the smallest model: end-to-end tests (training, resume, sampling CLI)
     c.data.shapes.update(num_frames=3, height=8, width=8)
     c.model.update(img_size=8, channels=32, top_block_channels=32, layers_per_block=(1, 1, 1), denoiser_layers=1)
@@ -97,5 +115,5 @@ def get_config(arg: str = ""):
     c.checkpoint.update(every_steps=10)
     c.log.update(every_steps=1, sample_every_steps=0, progress=False)
   elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use '', 'latent', 'smoke' or 'micro'")
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'latent', 'scaled', 'smoke' or 'micro'")
   return c

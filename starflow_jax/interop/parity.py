@@ -31,9 +31,10 @@ REQUIRED_PREFIXES = ("forward.", "loss.", "sample.sequential")
 JACOBI_MAX_ITER = 32
 
 
-def median_time(fn: Callable[[], object], repeats: int = 5) -> float:
-  """Median wall time of fn() over `repeats` runs after one warm-up (compilation) run."""
-  jax.block_until_ready(fn())
+def median_time(fn: Callable[[], object], repeats: int = 5, warm_up: bool = True) -> float:
+  """Median wall time of fn() over `repeats` runs, after one warm-up (compilation) run."""
+  if warm_up:
+    jax.block_until_ready(fn())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
