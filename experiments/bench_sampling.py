@@ -16,7 +16,6 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from starflow_jax import checkpoint, inverse, model as model_lib, tokens
@@ -37,6 +36,9 @@ def define_flags():
   flags.DEFINE_integer("repeats", 3, "timed runs (median) after the compiling run")
   flags.DEFINE_string("which", "demo,scaled", "comma list of models: demo, scaled")
   flags.DEFINE_float("guidance", 2.0, "classifier-free guidance for every row")
+  flags.DEFINE_list(
+      "prompts", [], "captions to condition a trained text-to-video model on (one per clip, "
+      "cycled; default: random text embeddings)")
   flags.DEFINE_list("rows", ["sequential", "jacobi", "fallback", "auto"],
                     "kinds of rows to run: sequential, jacobi, fallback (Jacobi with fallback_after), auto")
 
@@ -97,14 +99,26 @@ def timed(fn, repeats):
   return compile_s, statistics.median(times)
 
 
-def mean_jacobi_iterations(bundle, cond, z, options, guidance):
+def condition(bundle: ModelBundle, frames: int):
+  """(condition, null condition) of the timed calls: the --prompts' (a trained model with its
+  text encoder), else random embeddings (None for a model without text)."""
+  cfg = bundle.config
+  if cfg.conditioning is None:
+    return None, None  # (e.g. a world model: its actions are then the null action)
+  if FLAGS.prompts:
+    prompts = [FLAGS.prompts[i % len(FLAGS.prompts)] for i in range(FLAGS.batch)]
+    return VideoSampler(bundle, SamplingOptions(progress=False)).encode_prompts(prompts, frames)
+  cond = jax.random.normal(jax.random.PRNGKey(1), (FLAGS.batch, cfg.txt_size, cfg.txt_dim))
+  return cond, None
+
+
+def mean_jacobi_iterations(bundle, cond, null_cond, z, options, guidance):
   """Mean iterations per Jacobi block of the deep block's inverse."""
   cfg = bundle.config
   deep = model_lib.deep_block(cfg)
   z_tok, grid = tokens.patchify(z, cfg.patch_size)
   b, t, n, d = z_tok.shape
-  deep_cond, guidance = inverse.guided_condition(cfg, cond,
-                                                 jnp.zeros_like(cond) if cond is not None else None, guidance)
+  deep_cond, guidance = inverse.guided_condition(cfg, cond, null_cond, guidance, bundle.null_condition)
   run = jax.jit(
       functools.partial(jacobi_inverse, deep, grid=grid, guidance=guidance, options=options, return_iterations=True))
   _, iterations = run(model_lib.deep_params(bundle.params), z_tok.reshape(b, t * n, d), cond=deep_cond)
@@ -113,9 +127,7 @@ def mean_jacobi_iterations(bundle, cond, z, options, guidance):
 
 def bench(name: str, bundle: ModelBundle):
   cfg = bundle.config
-  cond = None  # a model without text (e.g. a world model: its actions are then the null action)
-  if cfg.conditioning is not None:
-    cond = jax.random.normal(jax.random.PRNGKey(1), (FLAGS.batch, cfg.txt_size, cfg.txt_dim))
+  cond, null_cond = condition(bundle, FLAGS.frames)
   n_tokens = (cfg.img_size // cfg.patch_size)**2
   print(f"\n== {name}: deep width {cfg.deep_channels} x {cfg.block_layers[-1]} layers, shallow "
         f"{cfg.channels} x {cfg.block_layers[:-1]}, {n_tokens} tokens/frame, {FLAGS.frames} frames, "
@@ -133,7 +145,7 @@ def bench(name: str, bundle: ModelBundle):
       jopts = JacobiOptions(block_size=jacobi_args[0], threshold=jacobi_args[1], fallback_after=jacobi_args[2])
     options = SamplingOptions(method=method, guidance=FLAGS.guidance, jacobi=jopts, denoise="none", progress=False)
     sampler = VideoSampler(bundle, options)
-    compile_s, seconds = timed(lambda: sampler.sample_latents(z, cond, None), FLAGS.repeats)
+    compile_s, seconds = timed(lambda: sampler.sample_latents(z, cond, null_cond), FLAGS.repeats)
     per_frame = seconds / FLAGS.frames
     label = method if not jacobi_args else f"{method} b={jacobi_args[0]} tau={jacobi_args[1]:g}"
     if jacobi_args and jacobi_args[2]:
@@ -142,7 +154,7 @@ def bench(name: str, bundle: ModelBundle):
     if method == "auto":
       iters = ",".join(f"{k}:{v[0]}" for k, v in sampler.plan.items())  # the plan: j(acobi) / s(equential)
     elif jacobi_args:
-      mean_iters, blocks = mean_jacobi_iterations(bundle, cond, z, jopts, FLAGS.guidance)
+      mean_iters, blocks = mean_jacobi_iterations(bundle, cond, null_cond, z, jopts, FLAGS.guidance)
       iters = f"{mean_iters:.2f}"
     if baseline is None:
       baseline = per_frame

@@ -9,8 +9,11 @@ Scores compared (higher = more anomalous):
   frame_surprise  max over frames t >= 1 of (nll_t - mu_t) / sd_t, with mu_t, sd_t the mean and
                   spread of frame t's conditional NLL -log p(x_t | x_<t) over a separate set of
                   normal calibration clips; its argmax is the localised frame
-  complexity      the same with each frame's NLL less its PNG-compressed length in nats (the
-                  input-complexity correction of Serra et al. 2020)
+  token_surprise  max over frames t >= 1 and token positions n of (nll_tn - mu_tn) / sd_tn, the
+                  same baseline per token position: an anomaly confined to a few tokens (an
+                  object appearing where it cannot be) is not diluted by the frame's others
+  complexity      the same as frame_surprise with each frame's NLL less its PNG-compressed
+                  length in nats (the input-complexity correction of Serra et al. 2020)
   clip_nll        the clip's total NLL (the raw likelihood, for comparison)
 Reports ROC-AUC per anomaly kind (anomalous clips against normal clips of other indices) and
 localisation accuracy (argmax frame = onset, and within one frame).
@@ -35,6 +38,7 @@ from starflow_jax import checkpoint, fileio
 from starflow_jax.errors import UserError
 
 FLAGS = flags.FLAGS
+SCORES = ("frame_surprise", "token_surprise", "complexity", "clip_nll")
 
 
 def define_flags():
@@ -66,16 +70,17 @@ class ClipScores:
   def __init__(self, scorer: FrameScorer, noise_samples: int, temporal_factor: int):
     self.scorer, self.noise_samples, self.temporal_factor = scorer, noise_samples, temporal_factor
 
-  def frames(self, clip: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(NLL per latent frame [T'], PNG nats per latent frame [T'])."""
+  def frames(self, clip: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(NLL per latent frame [T'], PNG nats per latent frame [T'], NLL per token [T', N])."""
     pixels = clip["video"].astype(np.float32)[None] / 127.5 - 1.0
     report = self.scorer.score(pixels, clip["caption"], self.noise_samples)
     nll = np.array([f["nll_nats"] for f in report["frames"]])
+    token_nll = np.asarray(report["token_nll"]).reshape(len(nll), -1)
     complexity = np.array([png_nats(f) for f in clip["video"]])
     if self.temporal_factor > 1:  # latent frame 0 = pixel frame 0, then groups of temporal_factor
       rest = complexity[1:].reshape(-1, self.temporal_factor).sum(axis=1)
       complexity = np.concatenate([complexity[:1], rest])
-    return nll, complexity
+    return nll, complexity, token_nll
 
 
 def _mean_and_spread(rows: list) -> tuple[np.ndarray, np.ndarray]:
@@ -101,12 +106,14 @@ def evaluate(workdir: str,
   calibration = [clips.frames(generator.normal(10_000 + i)) for i in range(calibration_clips)]
   nll_mu, nll_sd = _mean_and_spread([c[0] for c in calibration])
   adjusted_mu, adjusted_sd = _mean_and_spread([c[0] - c[1] for c in calibration])
+  token_mu, token_sd = _mean_and_spread([c[2] for c in calibration])
 
-  def scores(nll, complexity):
+  def scores(nll, complexity, token_nll):
     surprise = (nll - nll_mu) / nll_sd
     complex_surprise = (nll - complexity - adjusted_mu) / adjusted_sd
     return {
         "frame_surprise": float(np.max(surprise[1:])),
+        "token_surprise": float(np.max(((token_nll - token_mu) / token_sd)[1:])),
         "complexity": float(np.max(complex_surprise[1:])),
         "clip_nll": float(np.sum(nll)),
         "argmax": int(np.argmax(surprise[1:]) + 1)
@@ -128,7 +135,7 @@ def evaluate(workdir: str,
       rows.append(row)
     report["kinds"][kind] = {
         **{
-            name: roc_auc([r[name] for r in rows], [r[name] for r in normal]) for name in ("frame_surprise", "complexity", "clip_nll")
+            name: roc_auc([r[name] for r in rows], [r[name] for r in normal]) for name in SCORES
         },
         "localised": hits / num_clips,
         "localised_within_1": near / num_clips,
@@ -143,10 +150,9 @@ def main(argv):
   report = evaluate(FLAGS.workdir, FLAGS.num_clips, FLAGS.calibration_clips, FLAGS.noise_samples)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "anomaly.json")
   fileio.write_json(out, report, overwrite=True)
-  print(f"{'kind':12s} {'AUC frame_surprise':>19s} {'AUC complexity':>15s} {'AUC clip_nll':>13s} {'localised':>10s}")
+  print(f"{'kind':12s}" + "".join(f" {'AUC ' + name:>19s}" for name in SCORES) + f" {'localised':>10s}")
   for kind, row in report["kinds"].items():
-    print(f"{kind:12s} {row['frame_surprise']:19.3f} {row['complexity']:15.3f} {row['clip_nll']:13.3f} "
-          f"{row['localised']:10.2f}")
+    print(f"{kind:12s}" + "".join(f" {row[name]:19.3f}" for name in SCORES) + f" {row['localised']:10.2f}")
   print(f"wrote {out}")
   print(json.dumps(report["kinds"]))
 

@@ -68,7 +68,7 @@ class EvaluationTest(absltest.TestCase):
     report = eval_anomaly.evaluate(workdir, num_clips=4, calibration_clips=4)
     self.assertEqual(set(report["kinds"]), set(anomalies.KINDS))
     for row in report["kinds"].values():
-      for name in ("frame_surprise", "complexity", "clip_nll", "localised", "localised_within_1"):
+      for name in (*eval_anomaly.SCORES, "localised", "localised_within_1"):
         self.assertBetween(row[name], 0.0, 1.0)
 
 
