@@ -88,10 +88,7 @@ def shallow_inverse(config: ModelConfig,
   block_inverses: shallow block i's inverse at index i.
   return_sequence: (h, [h after each shallow block]) instead of h (the official return_sequence)."""
   b, t, n, d = h.shape
-  if guide_top and guidance > 0:
-    deep_cond, guidance = deep_cond[:b], 0.0
-  shallow_cond = None if config.cond_top_only else deep_cond
-  shallow_guidance = 0.0 if config.cond_top_only else guidance
+  shallow_cond, shallow_guidance = shallow_condition(config, deep_cond, guidance, b, guide_top)
   s_grid = model_lib.shallow_grid(config, grid)
   sequence = []
   for i in reversed(range(config.num_blocks - 1)):
@@ -101,6 +98,20 @@ def shallow_inverse(config: ModelConfig,
     h = h.reshape(b, t, n, d)
     sequence.append(h)
   return (h, sequence) if return_sequence else h
+
+
+def shallow_condition(config: ModelConfig,
+                      deep_cond: Array | None,
+                      guidance: float,
+                      batch: int,
+                      guide_top: bool = False) -> tuple[Array | None, float]:
+  """(condition, guidance) of the shallow blocks from the deep block's (`guided_condition`) for
+  a batch of `batch` clips: none for cond_top_only models; unguided under guide_top."""
+  if guide_top and guidance > 0:
+    deep_cond, guidance = deep_cond[:batch], 0.0
+  if config.cond_top_only:
+    return None, 0.0
+  return deep_cond, guidance
 
 
 def prefix_tokens(config: ModelConfig, params, prefix: Array, cond: Array | None) -> Array:

@@ -15,7 +15,9 @@ iteration the cache holds K/V of that iteration's inputs, one iterate behind the
     earlier, its first element included, and the stop statistic compares with the noise.
   * reference_compatible=False (our default): the block's initial iterate is the previous frame's
     converged tokens at the same positions (blocks with a >= N), while the first input stays the
-    true token a-1. Then tau = 0 with max_iter >= m equals sequential decoding exactly.
+    true token a-1; in the first frame, the block before's converged tokens (the rows above, in
+    the block's order: a trained model's frames are smooth, its noise is not). Then tau = 0 with
+    max_iter >= m equals sequential decoding exactly (any initial iterate does).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class JacobiOptions:
     (start <= N, the official rule); later_block_size (default 4 * block_size) afterwards.
   threshold: tau of the relative-change stop rule; max_iter: iteration cap per block.
   video_init: initialise a block from the previous frame's tokens (video-aware).
+  spatial_init: initialise a first-frame block from the block before it (not reference_compatible).
   reference_compatible: reproduce the official code's quirks exactly (see the module docstring).
   fallback_after: a block not converged after this many iterations is finished token by token
     from its first k tokens, exact after k iterations (`solve_block`); None: iterate to max_iter.
@@ -53,6 +56,7 @@ class JacobiOptions:
   threshold: float = 1e-3
   max_iter: int = 32
   video_init: bool = True
+  spatial_init: bool = True
   reference_compatible: bool = False
   fallback_after: int | None = None
 
@@ -125,11 +129,15 @@ def solve_block(block: FlowBlock, params, state: DecodeState, z_perm: Array, sta
   use_prev = jnp.logical_and(options.video_init, has_prev_frame)
   prev_start = jnp.maximum(start - frame_len, 0)
   buffer = state.buffer
-  if options.video_init and not options.reference_compatible:
-    # Initial iterate: the previous frame's tokens at the same positions.
-    prev_tokens = jax.lax.dynamic_slice_in_dim(buffer, prev_start + 1, size, axis=1)
-    current = jax.lax.dynamic_slice_in_dim(buffer, start + 1, size, axis=1)
-    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(use_prev, prev_tokens, current), start + 1, axis=1)
+  if (options.video_init or options.spatial_init) and not options.reference_compatible:
+    # Initial iterate: the previous frame's tokens at the same positions, else (first frame) the
+    # block before's, else the noise the buffer holds.
+    spatial = jnp.logical_and(options.spatial_init, jnp.logical_and(start >= size, jnp.logical_not(use_prev)))
+    source = jnp.where(use_prev, prev_start, jnp.where(spatial, start - size, start))
+    buffer = jax.lax.dynamic_update_slice_in_dim(buffer,
+                                                 jax.lax.dynamic_slice_in_dim(buffer, source + 1, size, axis=1),
+                                                 start + 1,
+                                                 axis=1)
 
   def body(carry: _BlockCarry) -> _BlockCarry:
     buf = carry.state.buffer
@@ -187,12 +195,13 @@ def decode_span(block: FlowBlock, params, state: DecodeState, z_perm: Array, fir
   return solve_run(block, params, state, z_perm, first, size, count, grid, cond_len, guidance, options)
 
 
-def pays_off(iterations, sizes, iteration_cost: float, margin: float = 0.9) -> bool:
+def pays_off(iterations, sizes, iteration_cost, margin: float = 0.9) -> bool:
   """Whether Jacobi beats token-by-token decoding for a flow block whose Jacobi blocks of `sizes`
-  tokens took `iterations`: the iterations' cost, `iteration_cost` token steps each (one
-  iteration over m tokens against one step of sequential decoding, measured on the platform),
-  is below `margin` of the sequential cost, one step per token."""
-  return float(sum(iterations)) * iteration_cost < margin * float(sum(sizes))
+  tokens took `iterations`: the iterations' cost, `iteration_cost(m)` token steps each for a block
+  of m tokens (one iteration against one step of sequential decoding; a number: the same for
+  every m), is below `margin` of the sequential cost, one step per token."""
+  cost = iteration_cost if callable(iteration_cost) else (lambda m: iteration_cost)
+  return sum(float(k) * cost(int(m)) for k, m in zip(iterations, sizes)) < margin * float(sum(sizes))
 
 
 def span_calls(start: int,

@@ -38,7 +38,8 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from starflow_jax import decoding, distributed, inverse, jacobi, layers, losses, model as model_lib, sharding, tokens
+from starflow_jax import (decoding, distributed, inverse, jacobi, layers, losses, model as model_lib, sharding,
+                          step_cost, tokens)
 from starflow_jax.autoencoder import build_autoencoder
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.decoding import DecodeState
@@ -51,11 +52,6 @@ from starflow_jax.text.prompts import PromptTemplate, check_aspect_ratio
 
 Array = jnp.ndarray
 OFFICIAL_DENOISE_STEP = 0.3
-
-# method 'auto': one Jacobi iteration over a block, in token steps of sequential decoding, by
-# backend. CPU: measured 3.3 (64-token blocks, deep 512 x 6) to 5.5 (16-token blocks, deep 96 x
-# 3) in BENCHMARKS.md; accelerators run a block's tokens in parallel, about one step's time.
-AUTO_ITERATION_COST = {"cpu": 4.0, "gpu": 1.5, "tpu": 1.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +74,7 @@ class SamplingOptions:
   attn_temp: float = 1.0  # softmax temperature of the inversion's attention (official --attn_temp)
   guide_top: int | None = None  # official --guide_top: any value guides the deep block only
   # method 'auto': what one Jacobi iteration over a block costs in token steps of sequential
-  # decoding (None: the platform's, `AUTO_ITERATION_COST`); see `VideoSampler.plan`.
+  # decoding (None: measured on the weights and machine, `step_cost`); see `choose_methods`.
   iteration_cost: float | None = None
   progress: bool = True
 
@@ -221,9 +217,11 @@ class VideoSampler:
     self.denoise_mode = denoise
     self.jacobi_options = None if options.method == "sequential" else options.jacobi
     self.block_inverse = inverse.block_inverse_for(self.jacobi_options)
-    # Per flow block: the deep block's Jacobi options (None: token by token) and the shallow
-    # blocks' inverses; method 'auto' sets them from `plan` at the first sampling call.
-    self.deep_options = self.jacobi_options
+    # Per flow block: the deep block's Jacobi options (None: token by token) for its first
+    # frame's blocks (tokens before `deep_split`) and after, and the shallow blocks' inverses;
+    # method 'auto' sets them from `plan` at the first sampling call.
+    self.deep_first_options = self.deep_options = self.jacobi_options
+    self.deep_split = 0
     self.shallow_inverses = (self.block_inverse,) * (self.config.num_blocks - 1)
     self.plan: dict[str, str] | None = None
     # Compiled pieces: one compile per distinct static shape, reused for every frame and window.
@@ -273,37 +271,79 @@ class VideoSampler:
       self.plan = None
 
   def _plan_once(self, noise, grid: TokenGrid, condition, guidance: float) -> None:
-    """method 'auto' before its first frame: `choose_methods` on the call's first frame."""
+    """method 'auto' before its first frame: `choose_methods` on the call's first two frames."""
     if self.options.method == "auto" and self.plan is None:
-      self.choose_methods(noise(0, 1), grid, condition(0), guidance)
+      self.choose_methods(noise(0, 2), grid, condition(0), guidance)
 
-  def choose_methods(self, z_frame: Array, grid: TokenGrid, deep_cond: Array | None, guidance: float) -> dict:
+  def choose_methods(self, z_frames: Array, grid: TokenGrid, deep_cond: Array | None, guidance: float) -> dict:
     """method 'auto': per flow block, Jacobi or token-by-token decoding, whichever is cheaper.
 
-    The model's inverse decodes one frame of the call's own noise z_frame [B, 1, N, D] under
+    The model's inverse decodes two frames of the call's own noise z_frames [B, 2, N, D] under
     its condition with Jacobi (`inverse.block_iterations`: the iterations of every Jacobi block
-    of every flow block); a flow block keeps Jacobi where those iterations, at
-    `iteration_cost` token steps each, cost less than 0.9 of one step per token
-    (`jacobi.pays_off`), else it decodes token by token. Measured once per parameters."""
-    cost = self.options.iteration_cost or AUTO_ITERATION_COST.get(jax.default_backend(), AUTO_ITERATION_COST["cpu"])
-    actions = None
-    if self.config.num_actions:
-      actions = jnp.full((z_frame.shape[0], 1), self.config.num_actions, jnp.int32)
-    frame = TokenGrid(1, grid.height, grid.width)
-    record = self._iterations(self.params, z_frame, frame, deep_cond, guidance, self.jacobi_options,
-                              self.options.guide_top is not None, actions)
-    sizes = [m for _, m in jacobi.block_schedule(0, frame.num_tokens, frame.num_tokens, self.jacobi_options)]
-    names = ["deep"] + [f"shallow_{i}" for i in reversed(range(self.config.num_blocks - 1))]
-    plan = {}
-    for name, its in zip(names, jax.device_get(record)):
-      plan[name] = "jacobi" if its.size == 0 or jacobi.pays_off(its, sizes[:its.size], cost) else "sequential"
+    of every flow block); a flow block keeps Jacobi where those iterations, each costing what
+    `step_cost` measures for its block size in token steps (or options.iteration_cost), cost
+    less than 0.9 of one step per token (`jacobi.pays_off`), else it decodes token by token.
+    The deep block decides for its first frame ('deep_first': no earlier frame to start the
+    iterations from) and for the later ones ('deep') apart. Measured once per parameters."""
+    frames = TokenGrid(2, grid.height, grid.width)
+    b, n = z_frames.shape[0], frames.tokens_per_frame
+    actions = None if not self.config.num_actions else jnp.full((b, 2), self.config.num_actions, jnp.int32)
+    guide_top = self.options.guide_top is not None
+    record = jax.device_get(
+        self._iterations(self.params, z_frames, frames, deep_cond, guidance, self.jacobi_options, guide_top, actions))
+    deep_blocks = jacobi.block_schedule(0, frames.num_tokens, n, self.jacobi_options)
+    self.deep_split = next((a for a, _ in deep_blocks if a >= n), frames.num_tokens)
+    first = [a < n for a, _ in deep_blocks]
+    cost = self._iteration_cost("deep", self.deep, model_lib.deep_params(self.params), z_frames.reshape(b, 2 * n, -1),
+                                frames, deep_cond, guidance, deep_blocks, actions)
+    sizes = [m for _, m in deep_blocks]
+    pick = lambda its, sizes, cost: "jacobi" if not len(its) or jacobi.pays_off(its, sizes, cost) else "sequential"
+    plan = {
+        "deep_first": pick(record[0][:sum(first)], sizes[:sum(first)], cost),
+        "deep": pick(record[0][sum(first):], sizes[sum(first):], cost)
+    }
+    s_grid = model_lib.shallow_grid(self.config, frames)
+    s_blocks = jacobi.block_schedule(0, s_grid.num_tokens, n, self.jacobi_options)
+    s_cond, s_guidance = inverse.shallow_condition(self.config, deep_cond, guidance, b, guide_top)
+    for i, its in zip(reversed(range(self.config.num_blocks - 1)), record[1:]):
+      block, params = model_lib.shallow_block(self.config, i), model_lib.shallow_params(self.params, i)
+      cost = lambda m: 0.0  # a block without layers: the identity either way
+      if its.size:
+        cost = self._iteration_cost(f"shallow_{i}", block, params, model_lib.to_shallow_batch(self.config, z_frames),
+                                    s_grid, s_cond, s_guidance, s_blocks)
+      plan[f"shallow_{i}"] = pick(its, [m for _, m in s_blocks][:its.size], cost)
+    return self._adopt(plan)
+
+  def _iteration_cost(self, name, block, params, z, grid, cond, guidance, schedule, actions=None):
+    """m -> one Jacobi iteration over m tokens of `block`, in token steps: options.iteration_cost,
+    else measured (`step_cost.iteration_costs`)."""
+    if self.options.iteration_cost:
+      return lambda m: self.options.iteration_cost
+    costs = step_cost.iteration_costs(block, params, z, grid, cond, guidance, [m for _, m in schedule],
+                                      self.jacobi_options, actions)
+    logging.getLogger(__name__).info("method auto: %s iteration costs in token steps %s", name, {
+        m: round(c, 2) for m, c in costs.items()
+    })
+    return costs.__getitem__
+
+  def _adopt(self, plan: dict) -> dict:
+    """Sets the decoders from method 'auto''s plan (flow block name -> 'jacobi' / 'sequential')."""
     self.plan = plan
-    self.deep_options = self.jacobi_options if plan["deep"] == "jacobi" else None
+    chosen = lambda name: self.jacobi_options if plan[name] == "jacobi" else None
+    self.deep_first_options, self.deep_options = chosen("deep_first"), chosen("deep")
     self.shallow_inverses = tuple(
-        inverse.block_inverse_for(self.jacobi_options if plan[f"shallow_{i}"] == "jacobi" else None)
-        for i in range(self.config.num_blocks - 1))
-    logging.getLogger(__name__).info("method auto (iteration cost %.1f token steps): %s", cost, plan)
+        inverse.block_inverse_for(chosen(f"shallow_{i}")) for i in range(self.config.num_blocks - 1))
+    logging.getLogger(__name__).info("method auto: %s", plan)
     return plan
+
+  def _deep_calls(self, start: int, end: int, n: int):
+    """(first, size, count, options) of the deep block's decoder calls for tokens [start, end):
+    tokens before `deep_split` (the first frame's Jacobi blocks) with deep_first_options, the
+    rest with deep_options (one schedule when they are the same)."""
+    split = start if self.deep_first_options == self.deep_options else min(max(start, self.deep_split), end)
+    for lo, hi, options in ((start, split, self.deep_first_options), (split, end, self.deep_options)):
+      for first, size, count in jacobi.span_calls(lo, hi, n, options, per_frame=True):
+        yield first, size, count, options
 
   # ------------------------------------------------------------------ placement
   def _replicate(self, tree):
@@ -726,11 +766,11 @@ class VideoSampler:
             base = context_start
           state = self._reencode(params, state, cond, np.int32(start - base), start - context_start, window_grid)
         target = context_start + window * n if total is None else min(total, context_start + window * n)
-      for first, size, count in jacobi.span_calls(start, target, n, self.deep_options, per_frame=True):
+      for first, size, count, options in self._deep_calls(start, target, n):
         if first % n == 0 and condition(first // n) is not cond:
           break
         state = with_actions(state, (first + size * count - 1) // n + 1)
-        state = self._run(params, state, z_perm, first - base, size, count, window_grid, guidance, self.deep_options)
+        state = self._run(params, state, z_perm, first - base, size, count, window_grid, guidance, options)
         previous, start = start, first + size * count
         for f in range(previous // n, start // n):
           yield f, self._frame_tokens(state.buffer, np.int32(f - base // n), n, batch)

@@ -241,7 +241,7 @@ class AutoMethodTest(absltest.TestCase):
   def test_the_cheaper_method_per_flow_block(self):
     _, jacobi_out = self.sample("jacobi")
     _, seq_out = self.sample("sequential")
-    names = {"deep", "shallow_0", "shallow_1"}
+    names = {"deep_first", "deep", "shallow_0", "shallow_1"}
     cheap, out = self.sample("auto", cost=1e-3)  # iterations nearly free: Jacobi everywhere
     self.assertEqual(cheap.plan, dict.fromkeys(names, "jacobi"))
     np.testing.assert_array_equal(out, jacobi_out)
@@ -250,23 +250,48 @@ class AutoMethodTest(absltest.TestCase):
     np.testing.assert_array_equal(out, seq_out)
     dear.set_params(self.bundle.params)  # new weights converge differently: measured again
     self.assertIsNone(dear.plan)
-    # The choice follows the measured iterations: a cost between the flow blocks' break-evens
-    # splits them, and each block then decodes by its own method.
+    # The choice follows the iterations measured on the first two frames: a cost between the
+    # flow blocks' break-evens splits them, and each block then decodes by its own method (the
+    # deep block's first frame apart from the later ones).
     from starflow_jax import inverse, jacobi, tokens
     from starflow_jax.rope import TokenGrid
     z_tok, grid = tokens.patchify(self.z, self.bundle.config.patch_size)
     deep_cond, guidance = inverse.guided_condition(self.bundle.config, self.cond, None, 1.5)
-    record = inverse.block_iterations(self.bundle.config, self.bundle.params, z_tok[:, :1],
-                                      TokenGrid(1, grid.height, grid.width), deep_cond, guidance,
+    record = inverse.block_iterations(self.bundle.config, self.bundle.params, z_tok[:, :2],
+                                      TokenGrid(2, grid.height, grid.width), deep_cond, guidance,
                                       JacobiOptions(block_size=4, threshold=1e-3))
-    per_token = [float(np.sum(r)) / grid.tokens_per_frame for r in record]
-    self.assertLen(per_token, 3)
-    if max(per_token) > min(per_token):
-      cost = 0.9 / np.sqrt(max(per_token) * min(per_token))  # between the two break-evens
+    n = grid.tokens_per_frame
+    schedule = jacobi.block_schedule(0, 2 * n, n, JacobiOptions(block_size=4))
+    first = sum(a < n for a, _ in schedule)  # the first frame's blocks
+    sizes = [m for _, m in schedule]
+    parts = {"deep_first": (record[0][:first], sizes[:first]), "deep": (record[0][first:], sizes[first:])}
+    parts.update({f"shallow_{i}": (r, [4] * (n // 4)) for i, r in zip((1, 0), record[1:])})  # frame-local
+    per_token = {name: float(np.sum(its)) / sum(sizes) for name, (its, sizes) in parts.items()}
+    if max(per_token.values()) > min(per_token.values()):
+      cost = 0.9 / np.sqrt(max(per_token.values()) * min(per_token.values()))  # between two break-evens
       mixed, out = self.sample("auto", cost=cost)
       self.assertEqual(set(mixed.plan.values()), {"jacobi", "sequential"}, (per_token, mixed.plan))
-      self.assertTrue(jacobi.pays_off(record[0], [4] * 4, cost) == (mixed.plan["deep"] == "jacobi"))
+      for name, (its, sizes) in parts.items():
+        self.assertEqual(jacobi.pays_off(its, sizes, cost), mixed.plan[name] == "jacobi", (name, per_token))
       np.testing.assert_allclose(out, seq_out, atol=0.5)  # each block by its own method, tau 1e-3
+
+  def test_measured_iteration_costs(self):
+    # Without options.iteration_cost the plan uses the measured cost of each block size.
+    sampler, out = self.sample("auto")
+    self.assertEqual(set(sampler.plan), {"deep_first", "deep", "shallow_0", "shallow_1"})
+    self.assertEqual(out.shape, self.z.shape)
+    from starflow_jax import inverse, model as model_lib, step_cost, tokens
+    from starflow_jax.rope import TokenGrid
+    cfg = self.bundle.config
+    z_tok, grid = tokens.patchify(self.z, cfg.patch_size)
+    deep_cond, guidance = inverse.guided_condition(cfg, self.cond, None, 1.5)
+    z_deep = z_tok[:, :2].reshape(2, -1, z_tok.shape[-1])  # [B, 2N, D]
+    costs = step_cost.iteration_costs(model_lib.deep_block(cfg), model_lib.deep_params(self.bundle.params), z_deep,
+                                      TokenGrid(2, grid.height, grid.width), deep_cond, guidance, [4, 12, 4],
+                                      JacobiOptions(block_size=4))
+    self.assertEqual(sorted(costs), [4, 12])
+    for m, c in costs.items():  # a pass on m tokens: more than nothing, and less than m passes on one
+      self.assertBetween(c, 0.05, 4.0 * m)
 
   def test_bad_auto_options(self):
     from starflow_jax.errors import UserError
