@@ -19,6 +19,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from starflow_jax import decoding, distributed, jacobi
 from starflow_jax.flow import FlowBlock
@@ -36,6 +37,7 @@ def _seconds_per_call(run, state, runs: int = 3) -> float:
   start = time.perf_counter()
   state = jax.block_until_ready(run(state))
   calls = max(1, int(MIN_SECONDS / max(time.perf_counter() - start, 1e-6)))
+  calls = int(distributed.broadcast_from_primary(np.int32(calls)))  # as many collective runs on every host
   best = float("inf")
   for _ in range(runs):
     start = time.perf_counter()
