@@ -292,26 +292,24 @@ class VideoSampler:
     record = jax.device_get(
         self._iterations(self.params, z_frames, frames, deep_cond, guidance, self.jacobi_options, guide_top, actions))
     deep_blocks = jacobi.block_schedule(0, frames.num_tokens, n, self.jacobi_options)
-    self.deep_split = next((a for a, _ in deep_blocks if a >= n), frames.num_tokens)
-    first = [a < n for a, _ in deep_blocks]
+    k = sum(a < n for a, _ in deep_blocks)  # the first frame's Jacobi blocks; frame 1 starts at the next
+    self.deep_split = deep_blocks[k][0]
     cost = self._iteration_cost("deep", self.deep, model_lib.deep_params(self.params), z_frames.reshape(b, 2 * n, -1),
                                 frames, deep_cond, guidance, deep_blocks, actions)
     sizes = [m for _, m in deep_blocks]
     pick = lambda its, sizes, cost: "jacobi" if not len(its) or jacobi.pays_off(its, sizes, cost) else "sequential"
-    plan = {
-        "deep_first": pick(record[0][:sum(first)], sizes[:sum(first)], cost),
-        "deep": pick(record[0][sum(first):], sizes[sum(first):], cost)
-    }
+    plan = {"deep_first": pick(record[0][:k], sizes[:k], cost), "deep": pick(record[0][k:], sizes[k:], cost)}
     s_grid = model_lib.shallow_grid(self.config, frames)
     s_blocks = jacobi.block_schedule(0, s_grid.num_tokens, n, self.jacobi_options)
     s_cond, s_guidance = inverse.shallow_condition(self.config, deep_cond, guidance, b, guide_top)
     for i, its in zip(reversed(range(self.config.num_blocks - 1)), record[1:]):
-      block, params = model_lib.shallow_block(self.config, i), model_lib.shallow_params(self.params, i)
-      cost = lambda m: 0.0  # a block without layers: the identity either way
+      cost = None  # a block without layers records no iterations: the identity either way
       if its.size:
-        cost = self._iteration_cost(f"shallow_{i}", block, params, model_lib.to_shallow_batch(self.config, z_frames),
-                                    s_grid, s_cond, s_guidance, s_blocks)
-      plan[f"shallow_{i}"] = pick(its, [m for _, m in s_blocks][:its.size], cost)
+        cost = self._iteration_cost(f"shallow_{i}", model_lib.shallow_block(self.config, i),
+                                    model_lib.shallow_params(self.params, i),
+                                    model_lib.to_shallow_batch(self.config, z_frames), s_grid, s_cond, s_guidance,
+                                    s_blocks)
+      plan[f"shallow_{i}"] = pick(its, [m for _, m in s_blocks], cost)
     return self._adopt(plan)
 
   def _iteration_cost(self, name, block, params, z, grid, cond, guidance, schedule, actions=None):
