@@ -14,10 +14,11 @@ import functools
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
+from experiments import cli
 from starflow_jax import checkpoint, inverse, model as model_lib, tokens
 from starflow_jax.checkpoint import ModelBundle
 from starflow_jax.config import ModelConfig
@@ -177,4 +178,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)
