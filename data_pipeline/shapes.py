@@ -45,6 +45,9 @@ class ShapesConfig:
   max_radius: float = 0.22
   min_speed: float = 0.04  # pixels per frame as a fraction of the shorter side
   max_speed: float = 0.10
+  # Frames of free motion before any bounce (None: half the clip), so the caption's direction is
+  # what one sees first; fewer spread the bounces over more frames of the clip.
+  free_frames: int | None = None
   num_examples: int = 100_000  # length of the (virtual) source
   seed: int = 0
 
@@ -66,6 +69,8 @@ class ShapesConfig:
       fail(f"unknown colours {unknown}; choose from {sorted(COLORS)}")
     if not 0 < self.min_radius <= self.max_radius < 0.5:
       fail("need 0 < min_radius <= max_radius < 0.5 (fractions of the frame side)")
+    if self.free_frames is not None and not 1 <= self.free_frames < self.num_frames:
+      fail(f"free_frames={self.free_frames} must be in [1, num_frames) (or None: half the clip)")
     if self.num_examples <= 0:
       fail(f"num_examples={self.num_examples} must be positive")
     return self
@@ -137,9 +142,10 @@ class MovingShapesSource:
       direction = str(rng.choice(list(DIRECTIONS)))
       speed = float(rng.uniform(c.min_speed, c.max_speed) * side)
       velocity = np.array(DIRECTIONS[direction]) * speed
-      # Leave room to move freely for the first half of the clip, so the caption's direction is
-      # what one sees first; bounces come later.
-      travel = np.abs(velocity) * (c.num_frames // 2)
+      # Leave room to move freely for the first free_frames, so the caption's direction is what
+      # one sees first; bounces come later.
+      free = c.num_frames // 2 if c.free_frames is None else c.free_frames
+      travel = np.abs(velocity) * free
       start_low = np.where(velocity < 0, np.minimum(low + travel, high), low)
       start_high = np.where(velocity > 0, np.maximum(high - travel, low), high)
       start = rng.uniform(start_low, start_high)

@@ -130,3 +130,31 @@ def windowed(per_clip: list[dict], window: int) -> dict:
         for k in range(0, length - window + 1, window)
     ]
   return out
+
+
+def next_step_agreement(real: np.ndarray, predicted: np.ndarray, frame: int, threshold: int = 80) -> dict:
+  """How a model's frame `frame`, predicted from the real frames before it, moves the object,
+  against the real clips: real uint8 [N, T, H, W, 3] (T > frame >= 2), predicted uint8
+  [N, H, W, 3]. Steps are centroid displacements from the real frame frame - 1; a step
+  "reverses" where it points against the real step before it (a bounce). Returns the clips
+  scored, the share of real and of predicted steps that reverse, and the mean cosine of the
+  predicted step with the real one where the real step reverses and where it does not (NaN where
+  there is no such clip)."""
+  rows = []
+  for clip, guess in zip(real, predicted):
+    c = [foreground_centroid(f, threshold) for f in (clip[frame - 2], clip[frame - 1], clip[frame], guess)]
+    if any(x is None for x in c):
+      continue
+    before, step, got = c[1] - c[0], c[2] - c[1], c[3] - c[1]
+    cosine = float(np.dot(step, got) / max(np.linalg.norm(step) * np.linalg.norm(got), 1e-9))
+    rows.append((float(np.dot(before, step)) < 0, float(np.dot(before, got)) < 0, cosine))
+  bounce = np.array([r[0] for r in rows], bool)
+  cosine = np.array([r[2] for r in rows])
+  mean = lambda v: float(v.mean()) if len(v) else float("nan")
+  return {
+      "clips": len(rows),
+      "real_reversals": mean(bounce.astype(float)),
+      "predicted_reversals": mean(np.array([r[1] for r in rows], float)),
+      "cosine_at_bounces": mean(cosine[bounce]),
+      "cosine_elsewhere": mean(cosine[~bounce]),
+  }

@@ -6,7 +6,11 @@ Real clips of the same length scored the same way are the reference (they bounce
 continuity is below 1 too).
 
   python -m experiments.eval_long_video --workdir=/tmp/tiny_video [--multiple=6] [--per_prompt=1] \
-      [--out=WORKDIR/long_video.json] [--plot=WORKDIR/long_video.png]
+      [--out=WORKDIR/long_video.json] [--plot=WORKDIR/long_video.png] [--next_frame_context=4]
+
+--next_frame_context=C also asks the model for each frame of real clips given the C real frames
+before it, at every phase, and compares its step with the real one (does it bounce where the real
+clips do, or where its training clips did?).
 
 Prints a table (each metric per window, and the last window over the first) and writes the JSON
 report and a plot of every metric over time.
@@ -39,6 +43,10 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "noise seed")
   flags.DEFINE_string("out", None, "JSON report (default WORKDIR/long_video.json)")
   flags.DEFINE_string("plot", None, "PNG of the metrics over time (default WORKDIR/long_video.png)")
+  flags.DEFINE_integer(
+      "next_frame_context", 0, "also predict each frame of real clips from the C real frames "
+      "before it (every phase of a clip of 2 x the training length), and compare its step "
+      "with the real one (0: skip)")
 
 
 def summarise(videos: np.ndarray, captions: list[str], palette: tuple[str, ...], window: int) -> dict:
@@ -83,6 +91,37 @@ def evaluate(workdir: str,
   }
 
 
+def next_frame(workdir: str, context: int, num_clips: int = 48, seed: int = 0) -> list[dict]:
+  """Teacher-forced next frames: for every phase s, the model's frame s + C of real clips (twice
+  the training length) given their real frames [s, s + C) as the conditioning clip, so always at
+  position C of its own clip; `shapes_score.next_step_agreement` per phase. A model that has
+  learned the bounces reverses where the real clips do, whatever the phase."""
+  config = shapes_config(workdir)
+  sampler = shapes_sampler(workdir)
+  frames = sampler.bundle.sampling_defaults["num_frames"]
+  if not 2 <= context < frames:
+    raise UserError(f"--next_frame_context={context} must be in [2, {frames}) (the training length)")
+  long_data = ml_collections.ConfigDict(config.to_dict())
+  long_data.data.shapes.update(num_frames=2 * frames)
+  real, captions = real_clips(long_data, num_clips)
+  pixels = real.astype(np.float32) / 127.5 - 1.0
+  rows = []
+  for s in range(2 * frames - context):
+    video = sampler.generate(captions, context + 1, seed=seed + s, condition_video=pixels[:, s:s + context])
+    predicted = media.to_uint8(np.asarray(jax.device_get(video)))[:, context]
+    rows.append({"first": s, **shapes_score.next_step_agreement(real, predicted, s + context)})
+  return rows
+
+
+def print_next_frame(rows: list[dict], context: int) -> None:
+  print(f"\nnext frame from {context} real frames (position {context} of the model's clip)")
+  print(f"{'frames':>10s} {'clips':>5s} {'real rev':>8s} {'model rev':>9s} {'cos bounce':>10s} {'cos other':>9s}")
+  for r in rows:
+    span = f"{r['first']}..{r['first'] + context - 1}"
+    print(f"{span:>10s} {r['clips']:5d} {r['real_reversals']:8.2f} {r['predicted_reversals']:9.2f} "
+          f"{r['cosine_at_bounces']:10.2f} {r['cosine_elsewhere']:9.2f}")
+
+
 def save_plot(path: str, report: dict) -> None:
   import matplotlib  # heavy: only where figures are written
   matplotlib.use("Agg")
@@ -125,6 +164,9 @@ def main(argv):
   setup_logging()
   report = evaluate(FLAGS.workdir, FLAGS.multiple, FLAGS.per_prompt, FLAGS.seed)
   print_table(report)
+  if FLAGS.next_frame_context:
+    report["next_frame"] = next_frame(FLAGS.workdir, FLAGS.next_frame_context, seed=FLAGS.seed)
+    print_next_frame(report["next_frame"], FLAGS.next_frame_context)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "long_video.json")
   plot = FLAGS.plot or os.path.join(FLAGS.workdir, "long_video.png")
   fileio.write_json(out, report, overwrite=True)

@@ -40,6 +40,9 @@ class ModelConfig:
   H = W = `img_size` at training resolution; `patch_size` p turns them into tokens of width
   D = p * p * C. There are `num_blocks` flow blocks: `num_blocks - 1` shallow blocks of width
   `channels` and one deep block (last) of width `top_block_channels`.
+  Shallow blocks read the condition unless `cond_top_only`; frame-local ones
+  (`shallow_block_local`) then read it in every frame (our extension: the official code asserts
+  cond_top_only for frame-local blocks), which keeps the model causal over frames.
   """
 
   in_channels: int
@@ -205,9 +208,6 @@ class ModelConfig:
       fail("choose text (txt_dim > 0) or class labels (num_classes > 0), not both")
     if self.cond_top_only and self.conditioning is None:
       fail("cond_top_only=True needs a condition (txt_size/txt_dim or num_classes)")
-    if self.shallow_block_local and not self.cond_top_only and self.conditioning is not None:
-      fail("shallow_block_local=True requires cond_top_only=True (shallow blocks see one frame "
-           "and no text)")
     if self.conditional_denoiser and self.conditioning is None:
       fail("conditional_denoiser=True needs a condition (txt_dim or num_classes)")
     if self.compute_dtype not in ("float32", "bfloat16", "float16"):
@@ -268,6 +268,9 @@ class ModelConfig:
     if self.num_actions:
       raise UserError(f"num_actions={self.num_actions}: action conditioning has no official equivalent; "
                       "export a model without actions")
+    if self.shallow_block_local and not self.cond_top_only and self.conditioning is not None:
+      raise UserError("frame-local shallow blocks that read the condition (shallow_block_local with "
+                      "cond_top_only=False) have no official equivalent; export a model with cond_top_only=True")
     out = {}
     for f in dataclasses.fields(self):
       if f.name in self._OURS:

@@ -11,7 +11,8 @@ frame by frame):
     affine parameters; an action-conditioned model's actions are guided the same way, against
     the null action;
   * shallow blocks (`shallow_inverse`) are conditioned only when cond_top_only=False, and then
-    guided with the deep block's doubled condition, as the official sampler does;
+    guided with the deep block's doubled condition, as the official sampler does (frame-local
+    ones with each frame's copy of it: `model.shallow_condition`);
   * conditioning frames (`prefix`, latents of the first Tp frames): run forward to the deep
     block's input, prefilled as its first tokens, and returned unchanged.
 """
@@ -88,7 +89,7 @@ def shallow_inverse(config: ModelConfig,
   block_inverses: shallow block i's inverse at index i.
   return_sequence: (h, [h after each shallow block]) instead of h (the official return_sequence)."""
   b, t, n, d = h.shape
-  shallow_cond, shallow_guidance = shallow_condition(config, deep_cond, guidance, b, guide_top)
+  shallow_cond, shallow_guidance = shallow_condition(config, deep_cond, guidance, b, t, guide_top)
   s_grid = model_lib.shallow_grid(config, grid)
   sequence = []
   for i in reversed(range(config.num_blocks - 1)):
@@ -104,14 +105,17 @@ def shallow_condition(config: ModelConfig,
                       deep_cond: Array | None,
                       guidance: float,
                       batch: int,
+                      num_frames: int,
                       guide_top: bool = False) -> tuple[Array | None, float]:
   """(condition, guidance) of the shallow blocks from the deep block's (`guided_condition`) for
-  a batch of `batch` clips: none for cond_top_only models; unguided under guide_top."""
+  a batch of `batch` clips of `num_frames` frames: none for cond_top_only models; unguided under
+  guide_top; per frame for frame-local blocks (`model.shallow_condition`: the doubled batch
+  [cond; null] becomes [cond per frame; null per frame], as the decoders double [h; h])."""
+  if config.cond_top_only or deep_cond is None:
+    return None, 0.0
   if guide_top and guidance > 0:
     deep_cond, guidance = deep_cond[:batch], 0.0
-  if config.cond_top_only:
-    return None, 0.0
-  return deep_cond, guidance
+  return model_lib.shallow_condition(config, deep_cond, num_frames), guidance
 
 
 def prefix_tokens(config: ModelConfig, params, prefix: Array, cond: Array | None) -> Array:

@@ -192,6 +192,15 @@ def to_shallow_batch(config: ModelConfig, x: Array) -> Array:
   return x.reshape(b, t * n, d)
 
 
+def shallow_condition(config: ModelConfig, cond: Array | None, num_frames: int) -> Array | None:
+  """The shallow blocks' condition for clips with the condition `cond` [B, ...] and `num_frames`
+  frames: None under cond_top_only; frame-local blocks see each frame as a clip of its own, so
+  each frame gets its clip's condition ([B*T, ...], the order of `to_shallow_batch`)."""
+  if config.cond_top_only or cond is None:
+    return None
+  return jnp.repeat(cond, num_frames, axis=0) if config.shallow_block_local else cond
+
+
 def token_nll(config: ModelConfig, output: "FlowOutput", num_frames: int) -> Array:
   """Each token's share of the exact NLL in nats, [B, T, N] in raster order: its elements'
   0.5 z^2 + log sqrt(2 pi) and its -log(scale) in every block, each block's log-dets taken back
@@ -252,7 +261,7 @@ class StarFlow(nn.Module):
     outputs, logdets = [x_tok], []
     h = x_tok
     s_grid = shallow_grid(cfg, grid)
-    shallow_cond = None if cfg.cond_top_only else cond
+    shallow_cond = shallow_condition(cfg, cond, 1 if is_image else t)
     for block in self.shallow_block:
       h_in = to_shallow_batch(cfg, h)
       h_out, logdet = block(h_in, s_grid, shallow_cond)

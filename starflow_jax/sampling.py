@@ -301,7 +301,7 @@ class VideoSampler:
     plan = {"deep_first": pick(record[0][:k], sizes[:k], cost), "deep": pick(record[0][k:], sizes[k:], cost)}
     s_grid = model_lib.shallow_grid(self.config, frames)
     s_blocks = jacobi.block_schedule(0, s_grid.num_tokens, n, self.jacobi_options)
-    s_cond, s_guidance = inverse.shallow_condition(self.config, deep_cond, guidance, b, guide_top)
+    s_cond, s_guidance = inverse.shallow_condition(self.config, deep_cond, guidance, b, 2, guide_top)
     for i, its in zip(reversed(range(self.config.num_blocks - 1)), record[1:]):
       cost = None  # a block without layers records no iterations: the identity either way
       if its.size:
@@ -574,7 +574,8 @@ class VideoSampler:
     def decode_until(count: int) -> None:  # latent frames [0, count) through the flow's inverse
       while video.frames_decoded < count:
         f, deep_tokens = next(deep)
-        x = tokens.unpatchify(self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0), frame_grid, p)
+        h = self._shallow(self.params, deep_tokens[:, None], video.deep_cond, frame_grid, video.guidance)
+        x = tokens.unpatchify(h, frame_grid, p)
         noisy[f] = x if prefix is None or f >= prefix.shape[1] else prefix[:, f:f + 1]
         conds[f], video.frames_decoded = video.cond, f + 1
 
@@ -641,11 +642,11 @@ class VideoSampler:
     # reference-compatible mode decodes the whole clip at once, as the official sampler does.
     pipelined = cfg.shallow_block_local and not (self.jacobi_options is not None and
                                                  self.jacobi_options.reference_compatible)
-    if pipelined:  # (frame-local shallow blocks are unconditioned: config validation)
+    if pipelined:
       frames: list = [None] * z_tok.shape[1]
 
       def on_frame(f, deep_tokens):  # pipelined: a frame's shallow inverses as soon as it is done
-        out = self._shallow(self.params, deep_tokens[:, None], None, frame_grid, 0.0, return_sequence)
+        out = self._shallow(self.params, deep_tokens[:, None], deep_cond, frame_grid, guidance, return_sequence)
         frames[f] = (deep_tokens[:, None], out) if return_sequence else out
 
       self._deep_inverse(z_tok, grid, deep_cond, guidance, prefix_tok, on_frame, action_at)

@@ -70,10 +70,30 @@ class ShapesTest(absltest.TestCase):
         self.assertTrue(np.all(clip["positions"][o] >= r - 1e-6))
         self.assertTrue(np.all(clip["positions"][o] <= 16 - r + 1e-6))
 
+  def test_free_frames_come_before_the_first_bounce(self):
+    """No object reverses within its first free_frames steps (half the clip by default); with
+    free_frames=1 the first bounces come as early as the second step."""
+
+    def first_reversal(source):  # per object: the first step that reverses the one before (or None)
+      out = []
+      for i in range(len(source)):
+        clip = source[i]
+        for o in range(int(clip["num_objects"])):
+          steps = np.diff(clip["positions"][o], axis=0)
+          reversed_ = np.nonzero(np.sum(steps[1:] * steps[:-1], axis=-1) < 0)[0]
+          out.append(int(reversed_[0]) + 1 if len(reversed_) else None)
+      return out
+
+    default = first_reversal(_source(num_frames=8, min_speed=0.1, max_speed=0.16))
+    early = first_reversal(_source(num_frames=8, min_speed=0.1, max_speed=0.16, free_frames=1))
+    self.assertGreaterEqual(min(s for s in default if s is not None), 4)
+    self.assertGreaterEqual(min(s for s in early if s is not None), 1)
+    self.assertIn(1, early)
+
   def test_bad_configs(self):
-    for kw, msg in ((dict(max_objects=4), "max_objects"), (dict(shapes=("hexagon",)), "unknown shapes"),
-                    (dict(colors=("mauve",)),
-                     "unknown colours"), (dict(height=2), "at least 4x4"), (dict(num_examples=0), "num_examples")):
+    for kw, msg in ((dict(max_objects=4), "max_objects"), (dict(free_frames=8), "free_frames"),
+                    (dict(shapes=("hexagon",)), "unknown shapes"), (dict(colors=("mauve",)), "unknown colours"),
+                    (dict(height=2), "at least 4x4"), (dict(num_examples=0), "num_examples")):
       with self.assertRaisesRegex(ValueError, msg):
         MovingShapesSource(ShapesConfig(**kw))
     with self.assertRaises(IndexError):

@@ -27,6 +27,7 @@ class RoundTripTest(parameterized.TestCase):
       ("image_cond_all_blocks", helpers.tiny_image_config(txt_size=2, txt_dim=6)),
       ("video", helpers.tiny_video_config()),
       ("video_global_shallow", helpers.tiny_video_config(shallow_block_local=False, cond_top_only=False)),
+      ("video_local_text", helpers.tiny_video_config(cond_top_only=False)),
       ("r2l_rms", helpers.tiny_image_config(seq_order="R2L", norm_type="rms_norm", use_bias=False)),
       ("identity_block_exp", helpers.tiny_image_config(layers_per_block=(0, 1, 1), use_softplus=False)),
   )
@@ -46,6 +47,7 @@ class LogDetTest(parameterized.TestCase):
       ("image", helpers.tiny_image_config(), None),
       ("image_cond", helpers.tiny_image_config(txt_size=2, txt_dim=6, cond_top_only=True), None),
       ("video", helpers.tiny_video_config(), 3),
+      ("video_local_text", helpers.tiny_video_config(cond_top_only=False), 3),
   )
   def test_sum_of_logdets_is_slogdet_of_jacobian(self, config, frames):
     params = helpers.random_params(config, std=0.1)
@@ -85,8 +87,9 @@ class CausalityTest(parameterized.TestCase):
       if i + 1 < grid.num_tokens:
         self.assertGreater(float(jnp.abs(z2_perm[:, i + 1:] - z_perm[:, i + 1:]).max()), 1e-4)
 
-  def test_frames_only_affect_later_frames(self):
-    config = helpers.tiny_video_config()
+  @parameterized.named_parameters(("text_in_deep_block", True), ("text_in_every_block", False))
+  def test_frames_only_affect_later_frames(self, cond_top_only):
+    config = helpers.tiny_video_config(cond_top_only=cond_top_only)
     params = helpers.random_params(config)
     x, cond = _inputs(config, batch=1, frames=4)
     out = model_lib.forward(config, params, x, cond)
@@ -98,16 +101,21 @@ class CausalityTest(parameterized.TestCase):
       changed = np.abs(np.asarray(shallow_out2 - shallow_out)).max(axis=(0, 2, 3)) > 1e-6
       np.testing.assert_array_equal(changed, np.arange(4) == n)
 
-  def test_shallow_block_never_mixes_frames(self):
-    config = helpers.tiny_video_config()
+  @parameterized.named_parameters(("text_in_deep_block", True), ("text_in_every_block", False))
+  def test_shallow_block_never_mixes_frames(self, cond_top_only):
+    config = helpers.tiny_video_config(cond_top_only=cond_top_only)
     params = helpers.random_params(config)
-    x, cond = _inputs(config, batch=1, frames=3)
+    x, cond = _inputs(config, batch=2, frames=3)
     out = model_lib.forward(config, params, x, cond)
     # Each frame alone through the model gives the same shallow outputs as inside the clip.
     for n in range(3):
       single = model_lib.forward(config, params, x[:, n:n + 1], cond)
       for k in range(1, config.num_blocks):
         np.testing.assert_allclose(single.outputs[k][:, 0], out.outputs[k][:, n], atol=1e-5)
+    # Frame-local shallow blocks read their clip's own condition only when cond_top_only=False.
+    swapped = model_lib.forward(config, params, x, cond[::-1])
+    changed = np.abs(np.asarray(swapped.outputs[1] - out.outputs[1])).max()
+    self.assertEqual(bool(changed > 1e-4), not cond_top_only)
 
 
 class DtypeTest(absltest.TestCase):

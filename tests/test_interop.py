@@ -75,6 +75,10 @@ class ImportExportTest(absltest.TestCase):
       ModelConfig.from_official_kwargs(dict(kwargs, use_swiglu=True))
     with self.assertRaisesRegex(ValueError, "unknown official Model keyword argument 'bogus'"):
       ModelConfig.from_official_kwargs(dict(kwargs, bogus=1))
+    # ... and ours without an official equivalent are not exported: text in frame-local blocks.
+    with self.assertRaisesRegex(ValueError, "frame-local shallow blocks that read the condition"):
+      helpers.tiny_video_config(cond_top_only=False, denoiser_layers=8).to_official_kwargs()
+    helpers.tiny_video_config(denoiser_layers=8).to_official_kwargs()
 
 
 class ConvertCliTest(absltest.TestCase):

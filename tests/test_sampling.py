@@ -131,6 +131,11 @@ class TrainedModelTest(absltest.TestCase):
     self.assertEqual(Image.open(plot).format, "PNG")
     with self.assertRaisesRegex(UserError, "--multiple=1 must be >= 2"):
       eval_long_video.evaluate(self.workdir, multiple=1)
+    rows = eval_long_video.next_frame(self.workdir, 2, num_clips=2)  # frames 2..5 of 6 from 2 before
+    self.assertEqual([r["first"] for r in rows], [0, 1, 2, 3])
+    self.assertTrue(all(0 <= r["clips"] <= 2 for r in rows))
+    with self.assertRaisesRegex(UserError, "--next_frame_context=3 must be in"):
+      eval_long_video.next_frame(self.workdir, 3)
 
   def test_stream_writes_frames_as_they_come(self):
     tmp = self.create_tempdir().full_path
@@ -437,6 +442,26 @@ class OneInverseTest(absltest.TestCase):
     # (`unguided` ran op by op, the sampler compiled: equal to float32 rounding, as in test_jacobi)
     np.testing.assert_allclose(top, unguided, rtol=0, atol=4e-6 * float(jnp.abs(unguided).max()))
     self.assertGreater(float(jnp.abs(top - got).max()), 1e-3)
+
+  def test_frame_local_shallow_blocks_read_each_frames_condition(self):
+    """cond_top_only=False with frame-local shallow blocks: the frame-by-frame sampler (each
+    frame's shallow inverses as soon as the deep block has it, its clip's condition per frame,
+    guided) is the model's inverse (`inverse.invert`), sequential and Jacobi."""
+    config = helpers.tiny_video_config(cond_top_only=False)
+    bundle = ModelBundle(config, helpers.random_params(config, std=0.1))
+    cond = helpers.random_condition(config, 2)
+    null = helpers.random_condition(config, 2, seed=7)
+    z = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 4, 4, 2))
+    jacobi = JacobiOptions(block_size=4, threshold=0.0, max_iter=16)
+    for options in (SamplingOptions(method="sequential",
+                                    guidance=2.0), SamplingOptions(method="jacobi", guidance=2.0, jacobi=jacobi),
+                    SamplingOptions(method="sequential", guidance=2.0, guide_top=1)):
+      with self.subTest(method=options.method, guide_top=options.guide_top):
+        self._assert_sampler_equals_invert(bundle, cond, null, options, z)
+    # Unguided, the sampler inverts the forward map, which reads the condition in every frame.
+    x = self._assert_sampler_equals_invert(bundle, cond, null, SamplingOptions(method="sequential"), z)
+    np.testing.assert_allclose(model_lib.forward(config, bundle.params, x, cond).z, z, atol=1e-4)
+    self.assertGreater(float(jnp.abs(model_lib.forward(config, bundle.params, x, cond[::-1]).z - z).max()), 1e-2)
 
   def test_attention_temperature_is_the_inverse_s(self):
     """attn_temp: the sampler's inversion and `inverse.invert` at the same temperature agree

@@ -62,5 +62,26 @@ class FrameMetricsTest(absltest.TestCase):
       self.assertEqual(windows[name], [2 / 3, 1 / 3])
 
 
+class NextStepAgreementTest(absltest.TestCase):
+
+  def test_reversals_and_cosines_of_predicted_steps(self):
+    """Two real clips at frame 3: one glides left, one bounces (left, then right); the model
+    predicts a glide for both: it reverses nowhere, agrees where the clip glides (cosine 1) and
+    disagrees at the bounce (cosine -1). An empty prediction is left out."""
+    glide = square_clip([(6, 10 - 2 * t) for t in range(4)])
+    bounce = square_clip([(6, 6), (6, 4), (6, 2), (6, 4)])
+    real = np.stack([glide, bounce, glide])
+    predicted = np.stack([glide[3], square_clip([(6, 0)])[0], np.zeros_like(glide[3])])
+    got = shapes_score.next_step_agreement(real, predicted, 3)
+    self.assertEqual(got["clips"], 2)
+    self.assertEqual((got["real_reversals"], got["predicted_reversals"]), (0.5, 0.0))
+    self.assertAlmostEqual(got["cosine_elsewhere"], 1.0, places=6)
+    self.assertAlmostEqual(got["cosine_at_bounces"], -1.0, places=6)
+    # ... and a model that bounces with the clip agrees there.
+    got = shapes_score.next_step_agreement(real[1:2], bounce[3:4], 3)
+    self.assertEqual((got["predicted_reversals"], got["cosine_at_bounces"]), (1.0, 1.0))
+    self.assertTrue(np.isnan(got["cosine_elsewhere"]))
+
+
 if __name__ == "__main__":
   absltest.main()

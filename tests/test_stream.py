@@ -56,6 +56,20 @@ class StreamTest(parameterized.TestCase):
     generated = np.asarray(sampler.generate(None, 11, cond=self.cond, seed=3))
     np.testing.assert_array_equal(_streamed(sampler.stream(None, 11, seed=3, cond=self.cond)), generated)
 
+  def test_text_in_frame_local_shallow_blocks_streams_as_generate(self):
+    """cond_top_only=False: each frame's shallow inverses read the stream's condition at that
+    frame (guided), so the stream is still `generate`, and a switch reaches the shallow blocks."""
+    config = CONFIG.replace(cond_top_only=False)
+    sampler = VideoSampler(ModelBundle(config, helpers.random_params(config, std=0.1)), _options("jacobi"))
+    generated = np.asarray(sampler.generate(None, 7, cond=self.cond, seed=3))
+    np.testing.assert_array_equal(_streamed(sampler.stream(None, 7, seed=3, cond=self.cond)), generated)
+    stream = sampler.stream(None, 7, seed=3, cond=self.cond)
+    before = [np.asarray(next(stream)) for _ in range(2)]
+    first_switched = stream.set_prompt(cond=self.other_cond)
+    frames = np.concatenate([np.stack(before, axis=1), _streamed(stream)], axis=1)
+    np.testing.assert_array_equal(frames[:, :first_switched - 2], generated[:, :first_switched - 2])
+    self.assertTrue((np.abs(frames - generated).max(axis=(0, 2, 3, 4)) > 0)[first_switched:].all())
+
   def test_stream_with_a_first_frame_equals_generate(self):
     sampler = VideoSampler(self.bundle, _options("sequential"))
     first = np.asarray(sampler.generate(None, 1, cond=self.cond, seed=5))[:, :1]

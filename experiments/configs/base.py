@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
                        max_radius=0.22,
                        min_speed=0.04,
                        max_speed=0.10,
+                       free_frames=ml_collections.config_dict.placeholder(int),
                        num_examples=100_000,
                        seed=0),
            agent_world=dict(num_frames=8,
