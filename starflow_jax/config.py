@@ -42,7 +42,7 @@ class ModelConfig:
   `channels` and one deep block (last) of width `top_block_channels`.
   Shallow blocks read the condition unless `cond_top_only`; frame-local ones
   (`shallow_block_local`) then read it in every frame (our extension: the official code asserts
-  cond_top_only for frame-local blocks), which keeps the model causal over frames.
+  cond_top_only for frame-local blocks), so such a model still decodes and streams frame by frame.
   """
 
   in_channels: int
