@@ -95,9 +95,9 @@ def evaluate(workdir: str,
              noise_samples: int = 1,
              kinds: tuple[str, ...] = anomalies.KINDS) -> dict:
   config = ml_collections.ConfigDict(fileio.read_json(fileio.as_path(workdir) / "config.json"))
-  if config.data.source != "shapes":
+  if config.data.source not in ("shapes", "latents"):  # latents: pre-encoded from the shapes
     raise UserError(f"{workdir} was trained on data.source={config.data.source!r}; anomalies are "
-                    "generated on moving shapes (data.source='shapes')")
+                    "generated on moving shapes (data.source='shapes', or latents pre-encoded from them)")
   bundle = checkpoint.load_bundle(model_directory(workdir))
   scorer = FrameScorer(bundle)
   factor = int(scorer.sampler.autoencoder.temporal_factor)

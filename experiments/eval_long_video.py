@@ -63,6 +63,14 @@ def summarise(videos: np.ndarray, captions: list[str], palette: tuple[str, ...],
   return {"clips": len(captions), "windows": windows, "per_frame": per_frame, "last_over_first": ratio}
 
 
+def long_length(frames: int, multiple: int, temporal_factor: int = 1) -> int:
+  """multiple x frames, rounded up to a length the autoencoder decodes (1 + factor * k frames
+  for a causal VAE), so the video holds `multiple` whole windows of `frames`."""
+  if temporal_factor == 1:
+    return multiple * frames
+  return 1 + temporal_factor * -(-(multiple * frames - 1) // temporal_factor)
+
+
 def evaluate(workdir: str,
              multiple: int = 6,
              per_prompt: int = 1,
@@ -75,7 +83,7 @@ def evaluate(workdir: str,
   sampler = shapes_sampler(workdir)
   frames = sampler.bundle.sampling_defaults["num_frames"]
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)][:num_prompts]
-  length = multiple * frames
+  length = long_length(frames, multiple, int(sampler.autoencoder.temporal_factor))
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, length, seed=seed))))
   long_data = ml_collections.ConfigDict(config.to_dict())
   long_data.data.shapes.update(num_frames=length)  # the generator's clips at the long length
@@ -99,6 +107,9 @@ def next_frame(workdir: str, context: int, num_clips: int = 48, seed: int = 0) -
   config = shapes_config(workdir)
   sampler = shapes_sampler(workdir)
   frames = sampler.bundle.sampling_defaults["num_frames"]
+  if int(sampler.autoencoder.temporal_factor) > 1:
+    raise UserError("--next_frame_context steps one pixel frame at a time: it needs a model without "
+                    "temporal compression (this one's autoencoder groups frames)")
   if not 2 <= context < frames:
     raise UserError(f"--next_frame_context={context} must be in [2, {frames}) (the training length)")
   long_data = ml_collections.ConfigDict(config.to_dict())

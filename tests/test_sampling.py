@@ -131,6 +131,9 @@ class TrainedModelTest(absltest.TestCase):
     self.assertEqual(Image.open(plot).format, "PNG")
     with self.assertRaisesRegex(UserError, "--multiple=1 must be >= 2"):
       eval_long_video.evaluate(self.workdir, multiple=1)
+    # A causal VAE's length: 6 windows of 9 frames in 57 = 1 + 4 * 14 (54 is no such length).
+    self.assertEqual([eval_long_video.long_length(9, 6, 4), eval_long_video.long_length(5, 6)], [57, 30])
+    self.assertEqual(eval_long_video.long_length(9, 2, 4), 21)
     rows = eval_long_video.next_frame(self.workdir, 2, num_clips=2)  # frames 2..5 of 6 from 2 before
     self.assertEqual([r["first"] for r in rows], [0, 1, 2, 3])
     self.assertTrue(all(0 <= r["clips"] <= 2 for r in rows))
