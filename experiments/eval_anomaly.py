@@ -34,7 +34,7 @@ from data_pipeline import anomalies, sources
 from experiments import cli
 from experiments.sample import model_directory
 from experiments.score import FrameScorer
-from starflow_jax import checkpoint, fileio
+from starflow_jax import checkpoint, fileio, media
 from starflow_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -72,7 +72,7 @@ class ClipScores:
 
   def frames(self, clip: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(NLL per latent frame [T'], PNG nats per latent frame [T'], NLL per token [T', N])."""
-    pixels = clip["video"].astype(np.float32)[None] / 127.5 - 1.0
+    pixels = media.from_uint8(clip["video"])[None]
     report = self.scorer.score(pixels, clip["caption"], self.noise_samples)
     nll = np.array([f["nll_nats"] for f in report["frames"]])
     token_nll = np.asarray(report["token_nll"]).reshape(len(nll), -1)

@@ -71,6 +71,13 @@ def long_length(frames: int, multiple: int, temporal_factor: int = 1) -> int:
   return 1 + temporal_factor * -(-(multiple * frames - 1) // temporal_factor)
 
 
+def real_clips_of_length(config: ml_collections.ConfigDict, length: int, count: int):
+  """`real_clips` of the workdir's generator with clips of `length` frames."""
+  data = ml_collections.ConfigDict(config.to_dict())
+  data.data.shapes.update(num_frames=length)
+  return real_clips(data, count)
+
+
 def evaluate(workdir: str,
              multiple: int = 6,
              per_prompt: int = 1,
@@ -85,9 +92,7 @@ def evaluate(workdir: str,
   prompts = [p for p in vocabulary_prompts(config.data.shapes) for _ in range(per_prompt)][:num_prompts]
   length = long_length(frames, multiple, int(sampler.autoencoder.temporal_factor))
   videos = media.to_uint8(np.asarray(jax.device_get(sampler.generate(prompts, length, seed=seed))))
-  long_data = ml_collections.ConfigDict(config.to_dict())
-  long_data.data.shapes.update(num_frames=length)  # the generator's clips at the long length
-  real, captions = real_clips(long_data, len(prompts))
+  real, captions = real_clips_of_length(config, length, len(prompts))
   palette = tuple(config.data.shapes.colors)
   return {
       "frames": frames,
@@ -112,10 +117,8 @@ def next_frame(workdir: str, context: int, num_clips: int = 48, seed: int = 0) -
                     "temporal compression (this one's autoencoder groups frames)")
   if not 2 <= context < frames:
     raise UserError(f"--next_frame_context={context} must be in [2, {frames}) (the training length)")
-  long_data = ml_collections.ConfigDict(config.to_dict())
-  long_data.data.shapes.update(num_frames=2 * frames)
-  real, captions = real_clips(long_data, num_clips)
-  pixels = real.astype(np.float32) / 127.5 - 1.0
+  real, captions = real_clips_of_length(config, 2 * frames, num_clips)
+  pixels = media.from_uint8(real)
   rows = []
   for s in range(2 * frames - context):
     video = sampler.generate(captions, context + 1, seed=seed + s, condition_video=pixels[:, s:s + context])
@@ -173,11 +176,14 @@ def print_table(report: dict) -> None:
 def main(argv):
   del argv
   setup_logging()
+  rows = None  # first, so a bad --next_frame_context fails before the long videos are made
+  if FLAGS.next_frame_context:
+    rows = next_frame(FLAGS.workdir, FLAGS.next_frame_context, seed=FLAGS.seed)
   report = evaluate(FLAGS.workdir, FLAGS.multiple, FLAGS.per_prompt, FLAGS.seed)
   print_table(report)
-  if FLAGS.next_frame_context:
-    report["next_frame"] = next_frame(FLAGS.workdir, FLAGS.next_frame_context, seed=FLAGS.seed)
-    print_next_frame(report["next_frame"], FLAGS.next_frame_context)
+  if rows is not None:
+    report["next_frame"] = rows
+    print_next_frame(rows, FLAGS.next_frame_context)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "long_video.json")
   plot = FLAGS.plot or os.path.join(FLAGS.workdir, "long_video.png")
   fileio.write_json(out, report, overwrite=True)

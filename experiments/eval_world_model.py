@@ -25,7 +25,7 @@ import numpy as np
 
 from data_pipeline import agent_world, sources
 from experiments import cli
-from starflow_jax import checkpoint, fileio, losses, model as model_lib
+from starflow_jax import checkpoint, fileio, losses, media, model as model_lib
 from starflow_jax.errors import UserError
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 
@@ -61,10 +61,6 @@ def load(workdir: str, guidance: float | None):
   return sampler, source, source.config.num_frames
 
 
-def _unit(video: np.ndarray) -> np.ndarray:
-  return video.astype(np.float32) / 127.5 - 1.0
-
-
 def _rollouts(sampler: VideoSampler, starts: np.ndarray, actions: np.ndarray, seed: int) -> np.ndarray:
   """Generated clips [K, T, H, W, 3] from start frames [K, 1, H, W, 3] under actions [K, T]."""
   videos = sampler.generate(None,
@@ -81,7 +77,7 @@ def controllability(sampler, source, rollouts: int, length: int, batch: int, see
   step, matched, seen, total = source.config.step, 0, 0, 0
   for first in range(0, rollouts, batch):
     indices = range(first, min(first + batch, rollouts))
-    starts = np.stack([_unit(source[i]["video"][:1]) for i in indices])
+    starts = np.stack([media.from_uint8(source[i]["video"][:1]) for i in indices])
     actions = np.stack(
         [agent_world.free_actions(source.config, source[i]["agent_positions"][0], length, rng) for i in indices])
     for video, acts in zip(_rollouts(sampler, starts, actions, seed + first), actions):
@@ -107,7 +103,7 @@ def action_inference(sampler, source, clips: int, seed: int) -> dict:
   confusion = np.zeros((count, count), np.int64)
   for i in range(clips):
     clip = source[i]
-    x = _unit(clip["video"])
+    x = media.from_uint8(clip["video"])
     x = x + sigma * np.random.default_rng([seed, i]).standard_normal(x.shape).astype(np.float32)
     moved = np.abs(np.diff(clip["agent_positions"], axis=0)).max(axis=1) > 0
     frames = range(1, len(x))  # every transition is scored in one batch shape (no recompilation per clip)
@@ -133,7 +129,7 @@ def planning(sampler, source, episodes: int, candidates: int, horizon: int, tole
     clip = source[e]
     goal = rng.uniform(low, high)
     plans = np.stack([source.random_actions(rng, horizon + 1) for _ in range(candidates)])
-    starts = np.repeat(_unit(clip["video"][:1])[None], candidates, axis=0)
+    starts = np.repeat(media.from_uint8(clip["video"][:1])[None], candidates, axis=0)
     predicted = [agent_world.agent_centre(video[-1]) for video in _rollouts(sampler, starts, plans, seed + e)]
     predicted_distance = [np.inf if p is None else np.linalg.norm(p - goal) for p in predicted]
     true_distance = [np.linalg.norm(source.render_rollout(e, plan)["agent_positions"][-1] - goal) for plan in plans]

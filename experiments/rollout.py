@@ -63,7 +63,7 @@ def start_frame(sampler: VideoSampler) -> np.ndarray:
   if FLAGS.input:
     return load_frames(FLAGS.input, sampler.pixel_size, 1)[None]
   clip = environment(FLAGS.workdir)[FLAGS.start_clip]["video"][:1]
-  return (clip.astype(np.float32) / 127.5 - 1.0)[None]
+  return media.from_uint8(clip)[None]
 
 
 class StopRollout(Exception):

@@ -132,8 +132,7 @@ def _read_frames(path) -> np.ndarray:
     with path.open("rb") as f:
       if suffix == ".npy":
         frames = np.load(f)
-        if frames.dtype != np.uint8:
-          frames = np.clip((frames + 1) * 127.5, 0, 255).astype(np.uint8)
+        frames = media.to_uint8(frames) if frames.dtype != np.uint8 else frames
       elif suffix in IMAGE_SUFFIXES:
         frames = np.asarray(Image.open(f).convert("RGB"))[None]
       else:
@@ -161,7 +160,7 @@ def load_frames(path: str, size: tuple[int, int], max_frames: int | None) -> np.
     scale = max(height / image.height, width / image.width)
     image = image.resize((max(width, int(image.width * scale)), max(height, int(image.height * scale))), Image.BILINEAR)
     left, top = (image.width - width) // 2, (image.height - height) // 2
-    out.append(np.asarray(image.crop((left, top, left + width, top + height)), np.float32) / 127.5 - 1.0)
+    out.append(media.from_uint8(np.asarray(image.crop((left, top, left + width, top + height)))))
   return np.stack(out)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from experiments import cli
 from experiments.sample import CLIP_SUFFIXES, IMAGE_SUFFIXES, load_frames, model_directory
-from starflow_jax import checkpoint, evaluate, fileio, losses, model as model_lib, sharding
+from starflow_jax import checkpoint, evaluate, fileio, losses, media, model as model_lib, sharding
 from starflow_jax.errors import UserError
 from starflow_jax.sampling import VideoSampler, options_from_defaults
 
@@ -144,7 +144,7 @@ def save_figure(path, pixels: np.ndarray, clip: dict) -> None:
   fig = plt.figure(figsize=(1.6 * max(shown, 4), 5.2))
   grid = fig.add_gridspec(3, max(shown, 4), height_ratios=(1, 1, 1.1))
   for i in range(shown):
-    fig.add_subplot(grid[0, i]).imshow(((frames[min(i, len(frames) - 1)] + 1) * 127.5).clip(0, 255).astype(np.uint8))
+    fig.add_subplot(grid[0, i]).imshow(media.to_uint8(frames[min(i, len(frames) - 1)]))
     ax = fig.add_subplot(grid[1, i])
     ax.imshow(heat[i], cmap="magma", vmin=heat.min(), vmax=heat.max())
     for a in fig.axes[-2:]:

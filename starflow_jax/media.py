@@ -31,6 +31,11 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
   return video
 
 
+def from_uint8(video: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [-1, 1] (the models' pixel range; `to_uint8` inverts it)."""
+  return np.asarray(video).astype(np.float32) / 127.5 - 1.0
+
+
 def upscale(video: np.ndarray, min_side: int = 128) -> np.ndarray:
   """Nearest-neighbour upscaling by an integer factor until the short side is >= min_side."""
   h, w = video.shape[-3], video.shape[-2]

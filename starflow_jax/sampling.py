@@ -301,7 +301,7 @@ class VideoSampler:
     plan = {"deep_first": pick(record[0][:k], sizes[:k], cost), "deep": pick(record[0][k:], sizes[k:], cost)}
     s_grid = model_lib.shallow_grid(self.config, frames)
     s_blocks = jacobi.block_schedule(0, s_grid.num_tokens, n, self.jacobi_options)
-    s_cond, s_guidance = inverse.shallow_condition(self.config, deep_cond, guidance, b, 2, guide_top)
+    s_cond, s_guidance = inverse.shallow_condition(self.config, deep_cond, guidance, b, frames.frames, guide_top)
     for i, its in zip(reversed(range(self.config.num_blocks - 1)), record[1:]):
       cost = None  # a block without layers records no iterations: the identity either way
       if its.size:
