@@ -2,7 +2,8 @@
 
 `AnomalousShapes(config)[kind, index]` is clip `index` of `MovingShapesSource(config)` with its
 first object changed from an onset frame t0 on (1 <= t0 < T - 1):
-  teleport     the object jumps by at least a third of the frame, then moves on as before
+  teleport     the object jumps by a third to a half of the frame, then moves on as before
+               (the whole jumped path inside the frame)
   color        the object takes another colour
   border_pass  the object, set to reach a wall at a random frame, passes through it and leaves
                the frame instead of bouncing (t0: the first frame where the two differ)
@@ -70,15 +71,22 @@ class AnomalousShapes:
   def _onset(self, rng) -> int:
     return int(rng.integers(max(1, self.config.num_frames // 4), self.config.num_frames - 1))
 
-  def _teleport(self, obj, rng):
+  def _teleport(self, obj, rng, tries: int = 32):
+    """Jumps by side/3 to side/2 at the onset; the jump is drawn again until the whole rest of
+    the path stays inside the frame (a jump clipped at the wall could shrink to a fraction of a
+    pixel); None when no draw fits."""
     c, onset = self.config, self._onset(rng)
     side = min(c.height, c.width)
-    angle = rng.uniform(0, 2 * np.pi)
-    jump = np.array([np.sin(angle), np.cos(angle)]) * rng.uniform(side / 3, side / 2)
     low, high = np.full(2, obj["radius"]), np.array([c.height, c.width]) - obj["radius"]
-    positions = obj["positions"].copy()
-    positions[onset:] = np.clip(positions[onset:] + jump, low, high)
-    return obj, {**obj, "positions": positions}, onset
+    for _ in range(tries):
+      angle = rng.uniform(0, 2 * np.pi)
+      jump = np.array([np.sin(angle), np.cos(angle)]) * rng.uniform(side / 3, side / 2)
+      moved = obj["positions"][onset:] + jump  # [T - onset, 2]
+      if np.all(moved >= low) and np.all(moved <= high):
+        positions = obj["positions"].copy()
+        positions[onset:] = moved
+        return obj, {**obj, "positions": positions}, onset
+    return None
 
   def _color(self, obj, rng):
     onset = self._onset(rng)

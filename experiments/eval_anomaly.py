@@ -1,14 +1,23 @@
 """Anomaly detection with exact per-frame likelihoods, on procedural anomalies of moving shapes.
 
-  python -m experiments.eval_anomaly --workdir=demo_output/run [--num_clips=48] [--out=anomaly.json]
+  python -m experiments.eval_anomaly --workdir=demo_output/workdir [--num_clips=200] [--noise_samples=8] \
+      [--offset=0] [--out=anomaly.json]
 
 For a model trained on moving shapes (its workdir's config.json names the data), held-out clips
 get one anomaly each (`data_pipeline.anomalies`: teleport, color, border_pass, freeze, reverse);
 every clip, normal or not, is scored frame by frame under its caption (`experiments.score`).
-Scores compared (higher = more anomalous):
+Scores compared (higher = more anomalous), every one against normal calibration clips:
+  relative_surprise  the headline score. Frame t's conditional NLL less the clip's own median
+                  over its conditional frames t >= 1 (and each token's NLL less its position's
+                  median over those frames), standardised per frame (and token position) by the
+                  calibration clips; the largest frame value and the largest token value, each
+                  standardised by the calibration clips' own largest values, summed. What the
+                  clip's content costs in every frame cancels; what is left is the change
+                  between frames
   frame_surprise  max over frames t >= 1 of (nll_t - mu_t) / sd_t, with mu_t, sd_t the mean and
-                  spread of frame t's conditional NLL -log p(x_t | x_<t) over a separate set of
-                  normal calibration clips; its argmax is the localised frame
+                  spread of frame t's conditional NLL -log p(x_t | x_<t) over the calibration
+                  clips; its argmax is the localised frame (the relative one's would be pulled by
+                  the anomalous frames inside the clip's median)
   token_surprise  max over frames t >= 1 and token positions n of (nll_tn - mu_tn) / sd_tn, the
                   same baseline per token position: an anomaly confined to a few tokens (an
                   object appearing where it cannot be) is not diluted by the frame's others
@@ -38,15 +47,18 @@ from starflow_jax import checkpoint, fileio, media
 from starflow_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-SCORES = ("frame_surprise", "token_surprise", "complexity", "clip_nll")
+SCORES = ("relative_surprise", "frame_surprise", "token_surprise", "complexity", "clip_nll")
 
 
 def define_flags():
   """Registers the flags of this command; called only when it runs as a program."""
   flags.DEFINE_string("workdir", None, "training workdir of a moving-shapes model (config.json + model/)")
-  flags.DEFINE_integer("num_clips", 48, "anomalous clips per kind (and normal clips to compare with)")
-  flags.DEFINE_integer("calibration_clips", 48, "normal clips that set each frame's NLL baseline")
-  flags.DEFINE_integer("noise_samples", 1, "noise draws per clip (experiments.score)")
+  flags.DEFINE_integer("num_clips", 200, "anomalous clips per kind (and normal clips to compare with)")
+  flags.DEFINE_integer("calibration_clips", 200, "normal clips that set each frame's NLL baseline")
+  flags.DEFINE_integer("noise_samples", 8, "noise draws per clip (experiments.score)")
+  flags.DEFINE_integer(
+      "offset", 0, "first clip index of every set (another offset: other clips, "
+      "e.g. to check a score chosen on the default ones)")
   flags.DEFINE_string("out", None, "JSON report (default WORKDIR/anomaly.json)")
   flags.mark_flag_as_required("workdir")
 
@@ -83,17 +95,67 @@ class ClipScores:
     return nll, complexity, token_nll
 
 
-def _mean_and_spread(rows: list) -> tuple[np.ndarray, np.ndarray]:
-  """Per-frame mean and standard deviation (kept off zero) of calibration rows [T']."""
-  stacked = np.stack(rows)
-  return stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
+def components(nll: np.ndarray, complexity: np.ndarray, token_nll: np.ndarray) -> dict:
+  """The per-frame [T'] and per-token [T', N] quantities the scores standardise. The relative
+  ones are frames t >= 1 less the clip's own median conditional frame (per token position for
+  tokens): what the clip's content costs in every frame (object size, shape, colour) cancels."""
+  relative_frame = np.zeros_like(nll)
+  relative_frame[1:] = nll[1:] - np.median(nll[1:])
+  relative_token = np.zeros_like(token_nll)
+  relative_token[1:] = token_nll[1:] - np.median(token_nll[1:], axis=0)
+  return {
+      "frame": nll,
+      "token": token_nll,
+      "complexity": nll - complexity,
+      "relative_frame": relative_frame,
+      "relative_token": relative_token,
+  }
+
+
+class Baseline:
+  """What normal clips look like: the mean and spread of every component at each frame (and token
+  position) over calibration clips, then of the clip-level maxima of the standardised ones."""
+
+  def __init__(self, calibration: list[dict]):
+    stacked = {name: np.stack([c[name] for c in calibration]) for name in calibration[0]}
+    self.mu = {name: v.mean(axis=0) for name, v in stacked.items()}
+    self.sd = {name: v.std(axis=0) + 1e-6 for name, v in stacked.items()}
+    peaks = [self.peaks(c) for c in calibration]
+    self.peak_mu = {name: np.mean([p[name] for p in peaks]) for name in peaks[0]}
+    self.peak_sd = {name: np.std([p[name] for p in peaks]) + 1e-6 for name in peaks[0]}
+
+  def standardised(self, parts: dict, name: str) -> np.ndarray:
+    return (parts[name] - self.mu[name]) / self.sd[name]
+
+  def peaks(self, parts: dict) -> dict:
+    """Largest standardised value over frames t >= 1 (and token positions) of each component."""
+    return {name: float(np.max(self.standardised(parts, name)[1:])) for name in parts}
+
+  def scores(self, parts: dict) -> dict:
+    peak = self.peaks(parts)
+    relative = sum((peak[n] - self.peak_mu[n]) / self.peak_sd[n] for n in ("relative_frame", "relative_token"))
+    return {
+        "relative_surprise": float(relative),
+        "frame_surprise": peak["frame"],
+        "token_surprise": peak["token"],
+        "complexity": peak["complexity"],
+        "clip_nll": float(np.sum(parts["frame"])),
+        "argmax": int(np.argmax(self.standardised(parts, "frame")[1:]) + 1)
+    }
 
 
 def evaluate(workdir: str,
              num_clips: int,
              calibration_clips: int,
              noise_samples: int = 1,
-             kinds: tuple[str, ...] = anomalies.KINDS) -> dict:
+             kinds: tuple[str, ...] = anomalies.KINDS,
+             offset: int = 0) -> dict:
+  """The report: AUC of every score per kind, and localisation. Clip indices (of the eval split):
+  anomalies from `offset`, calibration clips from 10,000 + offset, normal clips from 20,000 +
+  offset, so the three sets never share a clip."""
+  if not (0 <= offset and offset + max(num_clips, calibration_clips) <= 10_000):
+    raise UserError(f"--offset={offset} with {max(num_clips, calibration_clips)} clips overlaps the "
+                    "other sets; keep offset + clips <= 10000")
   config = ml_collections.ConfigDict(fileio.read_json(fileio.as_path(workdir) / "config.json"))
   if config.data.source not in ("shapes", "latents"):  # latents: pre-encoded from the shapes
     raise UserError(f"{workdir} was trained on data.source={config.data.source!r}; anomalies are "
@@ -103,32 +165,19 @@ def evaluate(workdir: str,
   factor = int(scorer.sampler.autoencoder.temporal_factor)
   clips = ClipScores(scorer, noise_samples, factor)
   generator = anomalies.AnomalousShapes(sources.shapes_config(config.data, "eval"))
-  calibration = [clips.frames(generator.normal(10_000 + i)) for i in range(calibration_clips)]
-  nll_mu, nll_sd = _mean_and_spread([c[0] for c in calibration])
-  adjusted_mu, adjusted_sd = _mean_and_spread([c[0] - c[1] for c in calibration])
-  token_mu, token_sd = _mean_and_spread([c[2] for c in calibration])
-
-  def scores(nll, complexity, token_nll):
-    surprise = (nll - nll_mu) / nll_sd
-    complex_surprise = (nll - complexity - adjusted_mu) / adjusted_sd
-    return {
-        "frame_surprise": float(np.max(surprise[1:])),
-        "token_surprise": float(np.max(((token_nll - token_mu) / token_sd)[1:])),
-        "complexity": float(np.max(complex_surprise[1:])),
-        "clip_nll": float(np.sum(nll)),
-        "argmax": int(np.argmax(surprise[1:]) + 1)
-    }
-
-  normal = [scores(*clips.frames(generator.normal(20_000 + i))) for i in range(num_clips)]
-  report = {"num_clips": num_clips, "calibration_clips": calibration_clips, "kinds": {}}
+  baseline = Baseline(
+      [components(*clips.frames(generator.normal(10_000 + offset + i))) for i in range(calibration_clips)])
+  scores = lambda clip: baseline.scores(components(*clips.frames(clip)))
+  normal = [scores(generator.normal(20_000 + offset + i)) for i in range(num_clips)]
+  report = {"num_clips": num_clips, "calibration_clips": calibration_clips, "offset": offset, "kinds": {}}
   for kind in kinds:
     rows, hits, near = [], 0, 0
     for i in range(num_clips):
       try:
-        clip = generator[kind, i]
+        clip = generator[kind, offset + i]
       except ValueError as e:  # clips too short for this kind
         raise UserError(str(e)) from None
-      row = scores(*clips.frames(clip))
+      row = scores(clip)
       onset = clip["onset"] if factor == 1 else (clip["onset"] - 1) // factor + 1  # its latent frame
       hits += row["argmax"] == onset
       near += abs(row["argmax"] - onset) <= 1
@@ -147,7 +196,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.setup_logging()
-  report = evaluate(FLAGS.workdir, FLAGS.num_clips, FLAGS.calibration_clips, FLAGS.noise_samples)
+  report = evaluate(FLAGS.workdir, FLAGS.num_clips, FLAGS.calibration_clips, FLAGS.noise_samples, offset=FLAGS.offset)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "anomaly.json")
   fileio.write_json(out, report, overwrite=True)
   print(f"{'kind':12s}" + "".join(f" {'AUC ' + name:>19s}" for name in SCORES) + f" {'localised':>10s}")

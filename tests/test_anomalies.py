@@ -8,6 +8,7 @@ from absl.testing import absltest
 from data_pipeline import anomalies
 from data_pipeline.shapes import ShapesConfig
 from experiments import eval_anomaly
+from starflow_jax.errors import UserError
 
 
 class AnomaliesTest(absltest.TestCase):
@@ -45,12 +46,52 @@ class AnomaliesTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "unknown anomaly kind"):
       self.generator["melt", 0]
 
+  def test_teleport_jumps_a_third_of_the_frame_on_every_clip(self):
+    """The jump is never clipped at a wall: the object's centroid moves >= side / 3 (less the
+    centroid's rasterisation error, under a pixel) at the onset and keeps that offset after it."""
+    centroid = lambda frame: np.argwhere(frame.any(axis=-1)).mean(axis=0)  # [2], one object
+    for index in range(24):
+      clip = self.generator["teleport", index]
+      for t in range(clip["onset"], len(clip["video"])):
+        jump = np.linalg.norm(centroid(clip["video"][t]) - centroid(clip["reference"][t]))
+        self.assertGreater(jump, 16 / 3 - 1, msg=f"clip {index} frame {t}")
+
   def test_roc_auc(self):
     self.assertEqual(eval_anomaly.roc_auc([3, 4], [1, 2]), 1.0)
     self.assertEqual(eval_anomaly.roc_auc([1, 2], [3, 4]), 0.0)
     self.assertEqual(eval_anomaly.roc_auc([1, 2], [1, 2]), 0.5)
     rng = np.random.default_rng(0)
     self.assertAlmostEqual(eval_anomaly.roc_auc(rng.normal(1, 1, 4000), rng.normal(0, 1, 4000)), 0.76, delta=0.02)
+
+
+class ScoreTest(absltest.TestCase):
+  """The clip-relative score on synthetic per-frame and per-token NLLs (5 frames, 16 tokens)."""
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(0)
+    self.clip = lambda: (rng.normal(100, 5, 5), np.zeros(5), rng.normal(6, 1, (5, 16)))
+    self.baseline = eval_anomaly.Baseline([eval_anomaly.components(*self.clip()) for _ in range(64)])
+    self.score = lambda nll, token: self.baseline.scores(eval_anomaly.components(nll, np.zeros(5), token))
+
+  def test_what_a_clip_costs_in_every_frame_cancels(self):
+    nll, _, token = self.clip()
+    shifted_token = token.copy()
+    shifted_token[1:] += np.linspace(-3, 3, 16)  # a costlier object in some positions, every frame
+    shifted_nll = nll.copy()
+    shifted_nll[1:] += 40.0  # and in total
+    plain, shifted = self.score(nll, token), self.score(shifted_nll, shifted_token)
+    self.assertAlmostEqual(shifted["relative_surprise"], plain["relative_surprise"], places=9)
+    self.assertGreater(shifted["frame_surprise"], plain["frame_surprise"] + 4)  # the absolute one moves
+
+  def test_a_surprising_frame_is_found_and_scores_high(self):
+    nll, _, token = self.clip()
+    normal = [self.score(*self.clip()[::2])["relative_surprise"] for _ in range(64)]
+    token[3, 5] += 12.0  # one token of frame 3 is very unlikely
+    nll[3] += 12.0
+    row = self.score(nll, token)
+    self.assertEqual(row["argmax"], 3)
+    self.assertGreater(row["relative_surprise"], max(normal))
 
 
 class EvaluationTest(absltest.TestCase):
@@ -70,6 +111,8 @@ class EvaluationTest(absltest.TestCase):
     for row in report["kinds"].values():
       for name in (*eval_anomaly.SCORES, "localised", "localised_within_1"):
         self.assertBetween(row[name], 0.0, 1.0)
+    with self.assertRaisesRegex(UserError, "offset=9999 with 4 clips overlaps"):
+      eval_anomaly.evaluate(workdir, num_clips=4, calibration_clips=4, offset=9999)
 
 
 if __name__ == "__main__":
