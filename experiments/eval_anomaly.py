@@ -147,15 +147,16 @@ class Baseline:
 def evaluate(workdir: str,
              num_clips: int,
              calibration_clips: int,
-             noise_samples: int = 1,
+             noise_samples: int = 8,
              kinds: tuple[str, ...] = anomalies.KINDS,
              offset: int = 0) -> dict:
   """The report: AUC of every score per kind, and localisation. Clip indices (of the eval split):
   anomalies from `offset`, calibration clips from 10,000 + offset, normal clips from 20,000 +
   offset, so the three sets never share a clip."""
-  if not (0 <= offset and offset + max(num_clips, calibration_clips) <= 10_000):
-    raise UserError(f"--offset={offset} with {max(num_clips, calibration_clips)} clips overlaps the "
-                    "other sets; keep offset + clips <= 10000")
+  clips_per_set = max(num_clips, calibration_clips)
+  if offset < 0 or offset + clips_per_set > 10_000:
+    raise UserError(f"--offset={offset} with {clips_per_set} clips leaves the anomalies' index range and "
+                    "overlaps the other sets; use 0 <= offset <= 10000 - clips")
   config = ml_collections.ConfigDict(fileio.read_json(fileio.as_path(workdir) / "config.json"))
   if config.data.source not in ("shapes", "latents"):  # latents: pre-encoded from the shapes
     raise UserError(f"{workdir} was trained on data.source={config.data.source!r}; anomalies are "

@@ -106,13 +106,14 @@ class EvaluationTest(absltest.TestCase):
     config.data.shapes.update(num_frames=8, height=8, width=8, min_speed=0.1, max_speed=0.15)
     fileio.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     helpers.save_pixel_video_model(os.path.join(workdir, "model"), num_frames=8)
-    report = eval_anomaly.evaluate(workdir, num_clips=4, calibration_clips=4)
+    report = eval_anomaly.evaluate(workdir, num_clips=4, calibration_clips=4, noise_samples=1)
     self.assertEqual(set(report["kinds"]), set(anomalies.KINDS))
     for row in report["kinds"].values():
       for name in (*eval_anomaly.SCORES, "localised", "localised_within_1"):
         self.assertBetween(row[name], 0.0, 1.0)
-    with self.assertRaisesRegex(UserError, "offset=9999 with 4 clips overlaps"):
-      eval_anomaly.evaluate(workdir, num_clips=4, calibration_clips=4, offset=9999)
+    for offset in (9999, -1):
+      with self.assertRaisesRegex(UserError, f"offset={offset} with 4 clips leaves"):
+        eval_anomaly.evaluate(workdir, num_clips=4, calibration_clips=4, offset=offset)
 
 
 if __name__ == "__main__":
