@@ -48,6 +48,7 @@ from starflow_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 SCORES = ("relative_surprise", "frame_surprise", "token_surprise", "complexity", "clip_nll")
+RELATIVE_PARTS = ("relative_frame", "relative_token", "relative_complexity")  # relative_surprise sums their peaks
 
 
 def define_flags():
@@ -99,17 +100,21 @@ def components(nll: np.ndarray, complexity: np.ndarray, token_nll: np.ndarray) -
   """The per-frame [T'] and per-token [T', N] quantities the scores standardise. The relative
   ones are frames t >= 1 less the clip's own median conditional frame (per token position for
   tokens): what the clip's content costs in every frame (object size, shape, colour) cancels."""
-  relative_frame = np.zeros_like(nll)
-  relative_frame[1:] = nll[1:] - np.median(nll[1:])
-  relative_token = np.zeros_like(token_nll)
-  relative_token[1:] = token_nll[1:] - np.median(token_nll[1:], axis=0)
   return {
       "frame": nll,
       "token": token_nll,
       "complexity": nll - complexity,
-      "relative_frame": relative_frame,
-      "relative_token": relative_token,
+      "relative_frame": relative_to_clip(nll),
+      "relative_token": relative_to_clip(token_nll),
+      "relative_complexity": relative_to_clip(nll - complexity),
   }
+
+
+def relative_to_clip(values: np.ndarray) -> np.ndarray:
+  """values [T', ...] of frames t >= 1 less their median over those frames (frame 0: 0)."""
+  relative = np.zeros_like(values)
+  relative[1:] = values[1:] - np.median(values[1:], axis=0)
+  return relative
 
 
 class Baseline:
@@ -133,7 +138,7 @@ class Baseline:
 
   def scores(self, parts: dict) -> dict:
     peak = self.peaks(parts)
-    relative = sum((peak[n] - self.peak_mu[n]) / self.peak_sd[n] for n in ("relative_frame", "relative_token"))
+    relative = sum((peak[n] - self.peak_mu[n]) / self.peak_sd[n] for n in RELATIVE_PARTS)
     return {
         "relative_surprise": float(relative),
         "frame_surprise": peak["frame"],
