@@ -3,7 +3,7 @@
   python -m experiments.demo --out_dir=demo_output
 
 1. Trains experiments/configs/tiny_video.py on the procedural moving-shapes dataset in
-   OUT_DIR/workdir (about 9 minutes on a 2-core CPU; rerunning resumes or reuses the result).
+   OUT_DIR/workdir (about 6 minutes on a 2-core CPU; rerunning resumes or reuses the result).
 2. Samples a few captioned clips with Jacobi decoding, classifier-free guidance and the
    flow-score-matching denoiser, plus a clip 3x longer than training (sliding window), and
    writes MP4, GIF and a PNG grid for each into OUT_DIR/samples.
