@@ -99,7 +99,8 @@ class ClipScores:
 def components(nll: np.ndarray, complexity: np.ndarray, token_nll: np.ndarray) -> dict:
   """The per-frame [T'] and per-token [T', N] quantities the scores standardise. The relative
   ones are frames t >= 1 less the clip's own median conditional frame (per token position for
-  tokens): what the clip's content costs in every frame (object size, shape, colour) cancels."""
+  tokens; of NLL less PNG nats for complexity): what the clip's content costs in every frame
+  (object size, shape, colour) cancels."""
   return {
       "frame": nll,
       "token": token_nll,

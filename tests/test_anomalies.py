@@ -73,7 +73,7 @@ class ScoreTest(absltest.TestCase):
     # (NLL per frame, PNG nats per frame, NLL per token): the model costs 40 nats more than PNG
     self.clip = lambda: (rng.normal(100, 5, 5), rng.normal(60, 5, 5), rng.normal(6, 1, (5, 16)))
     self.baseline = eval_anomaly.Baseline([eval_anomaly.components(*self.clip()) for _ in range(64)])
-    self.score = lambda nll, token, png: self.baseline.scores(eval_anomaly.components(nll, png, token))
+    self.score = lambda nll, png, token: self.baseline.scores(eval_anomaly.components(nll, png, token))
 
   def test_what_a_clip_costs_in_every_frame_cancels(self):
     nll, png, token = self.clip()
@@ -81,27 +81,27 @@ class ScoreTest(absltest.TestCase):
     shifted_token[1:] += np.linspace(-3, 3, 16)  # a costlier object in some positions, every frame
     shifted_nll = nll.copy()
     shifted_nll[1:] += 40.0  # and in total
-    plain, shifted = self.score(nll, token, png), self.score(shifted_nll, shifted_token, png)
+    plain, shifted = self.score(nll, png, token), self.score(shifted_nll, png, shifted_token)
     self.assertAlmostEqual(shifted["relative_surprise"], plain["relative_surprise"], places=9)
     self.assertGreater(shifted["frame_surprise"], plain["frame_surprise"] + 4)  # the absolute one moves
 
   def test_a_surprising_frame_is_found_and_scores_high(self):
     nll, png, token = self.clip()
-    normal = [self.score(n, t, p)["relative_surprise"] for n, p, t in (self.clip() for _ in range(64))]
+    normal = [self.score(*self.clip())["relative_surprise"] for _ in range(64)]
     token[3, 5] += 12.0  # one token of frame 3 is very unlikely
     nll[3] += 12.0
-    row = self.score(nll, token, png)
+    row = self.score(nll, png, token)
     self.assertEqual(row["argmax"], 3)
     self.assertGreater(row["relative_surprise"], max(normal))
 
   def test_a_frame_that_gets_simpler_without_getting_likelier_scores_high(self):
     """An object that has left through the border: the last frame is 60 nats shorter to a PNG
     coder, the model's NLL of it does not drop. Only the complexity term sees it."""
-    normal = [self.score(nll, token, png)["relative_surprise"] for nll, png, token in (self.clip() for _ in range(64))]
+    normal = [self.score(*self.clip())["relative_surprise"] for _ in range(64)]
     nll, png, token = self.clip()
     emptied = png.copy()
     emptied[4] -= 60.0
-    plain, row = self.score(nll, token, png), self.score(nll, token, emptied)
+    plain, row = self.score(nll, png, token), self.score(nll, emptied, token)
     self.assertEqual((row["frame_surprise"], row["token_surprise"]), (plain["frame_surprise"], plain["token_surprise"]))
     self.assertGreater(row["relative_surprise"], max(normal))
 

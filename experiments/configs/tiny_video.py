@@ -64,7 +64,7 @@ def get_config(arg: str = ""):
     # The text in every flow block (an affine step given the caption is unimodal in the colour;
     # the frame-local shallow blocks read it in every frame, so a frame is final as soon as the
     # deep block has it: the demo model streams), 16 tokens a frame (patch 4: 8x faster
-    # steps, so 2000 of them fit the demo's minutes), sigma 0.3, shapes moving 1.3-2.6 px a frame,
+    # steps, so 1500 of them fit the demo's minutes), sigma 0.3, shapes moving 1.3-2.6 px a frame,
     # and a text encoder of embeddings only: its one transformer layer had learned to erase the
     # direction word (direction accuracy 0.31 with it, 0.98 without).
     # 8-frame clips at 1500 steps (the minutes of 2000 steps of 5 frames): a border pass shows
