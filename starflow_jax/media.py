@@ -72,6 +72,10 @@ def save_mp4(path, video: np.ndarray, fps: int = 8, min_side: int = 128) -> str 
   frames = frames[:, :h - h % 16 or h, :w - w % 16 or w]  # macroblock-aligned for H.264
 
   def write(p):
+    # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp unless told not to: a Python
+    # callback between fork and exec, unsafe in a threaded process (JAX's) and the cause of
+    # JAX's "os.fork() was called" warning. Without it ffmpeg is a plain fork-exec.
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
     imageio.mimsave(p, list(frames), fps=fps, macro_block_size=16, codec="libx264")
 
   try:

@@ -7,8 +7,10 @@ import builtins
 import contextlib
 import json
 import os
+import warnings
 from unittest import mock
 
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 from etils.epath import testing as epath_testing
@@ -133,6 +135,21 @@ class RemotePathTest(absltest.TestCase):
     np.testing.assert_array_equal(latents.null_text_embedding(f"{BUCKET}/latents"), np.ones((3, 4)))
     with self.assertRaisesRegex(ValueError, "has no metadata.json"):
       latents.read_metadata(f"{BUCKET}/missing")
+
+
+class LocalMediaTest(absltest.TestCase):
+
+  def test_mp4_writer_starts_ffmpeg_without_a_python_callback_after_fork(self):
+    # A preexec_fn runs Python in the forked child of a threaded (JAX) process: unsafe, and JAX
+    # warns about it on every `make demo`. The writer must start ffmpeg without one.
+    jnp.ones(2).block_until_ready()  # JAX's threads are running, as in the demo
+    video = np.zeros((4, 16, 16, 3), np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      written = media.save_mp4(os.path.join(self.create_tempdir().full_path, "a.mp4"), video)
+    if written is None:
+      self.skipTest("no ffmpeg binary here")
+    self.assertEqual([str(w.message) for w in caught if "fork" in str(w.message)], [])
 
 
 if __name__ == "__main__":
