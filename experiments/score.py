@@ -153,7 +153,7 @@ def save_figure(path, pixels: np.ndarray, clip: dict) -> None:
   curve = fig.add_subplot(grid[2, :])
   curve.plot([f["nats_per_dim"] for f in clip["frames"]], marker="o", lw=1)
   curve.set_xticks(range(len(clip["frames"])))
-  curve.set_xlabel("latent frame")
+  curve.set_xlabel("frame" if "bits_per_dim" in clip else "latent frame")  # bits/dim: pixel space
   curve.set_ylabel("NLL (nats / dim)")
   curve.grid(alpha=0.3)
   fig.tight_layout()
@@ -217,7 +217,8 @@ def main(argv):
     save_figure(figure, pixels[0], clips[str(path)])
     clips[str(path)]["figure"] = figure
     line = ", ".join(f"{f['nats_per_dim']:.3f}" for f in clips[str(path)]["frames"])
-    print(f"{path}: {clips[str(path)]['nats_per_dim']:.4f} nats/dim; per frame: {line}")
+    bits = f" ({clips[str(path)]['bits_per_dim']:.4f} bits/dim)" if "bits_per_dim" in clips[str(path)] else ""
+    print(f"{path}: {clips[str(path)]['nats_per_dim']:.4f} nats/dim{bits}; per frame: {line}")
   report = {
       "model": str(FLAGS.workdir),
       "prompt": FLAGS.prompt,
