@@ -62,7 +62,23 @@ class ModelBundle:
   t5: T5Reference | None = None
 
 
+# orbax writes a replicated array cooperatively, each replica a slice of it (replica-parallel),
+# which pays for big arrays on many hosts; for a small one the per-slice device copies cost more
+# than the write (a micro training run on 8 devices: 10.7 s, 6.6 s without). Below this many
+# bytes per replica slice one replica writes the whole array. The files are the same either way.
+MIN_REPLICA_PARALLEL_BYTES = 1 << 20
+
+
+def configure_array_writes() -> None:
+  """Registers orbax's jax.Array handler with the replica-parallel threshold (idempotent)."""
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(handler, "_min_slice_bytes_for_replica_parallel", None) != MIN_REPLICA_PARALLEL_BYTES:
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 def _checkpointer() -> ocp.Checkpointer:
+  configure_array_writes()
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
 

@@ -77,6 +77,7 @@ class TrainCheckpointer:
                                            max_to_keep=keep,
                                            enable_async_checkpointing=async_save,
                                            create=True)
+    model_checkpoint.configure_array_writes()
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
