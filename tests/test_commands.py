@@ -66,6 +66,17 @@ print(json.dumps({"threads": threads, "commands": commands}))
 
 class CommandTest(absltest.TestCase):
 
+  def _run_python(self, script: str, *args: str):
+    """Runs `python -c script args` in the repository; its last line of output, as JSON."""
+    proc = subprocess.run([sys.executable, "-c", script, *args],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    self.assertEqual(proc.returncode, 0, proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
   def test_importing_every_command_registers_no_flags(self):
     # In a fresh process: a test in this one may have called a command's define_flags().
     script = (
@@ -74,29 +85,14 @@ class CommandTest(absltest.TestCase):
         "modules = [importlib.import_module(n) for n in names]\n"
         "print(json.dumps({'missing': [n for n, m in zip(names, modules) if not callable(getattr(m, 'define_flags', None))],"
         " 'registered': [n for n in names if flags.FLAGS.flags_by_module_dict().get(n)]}))")
-    proc = subprocess.run([sys.executable, "-c", script],
-                          cwd=REPO,
-                          capture_output=True,
-                          text=True,
-                          timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    self.assertEqual(proc.returncode, 0, proc.stderr)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    self.assertEqual(result, {"missing": [], "registered": []})
+    self.assertEqual(self._run_python(script), {"missing": [], "registered": []})
 
   def test_every_command_parses_its_flags(self):
     # `python -m NAME --helpshort` for every command, as forks of one process that has imported
     # what they all import (jax, flax, orbax: 20 fresh interpreters cost ~1 CPU-minute). It
     # forks before any JAX backend (or other thread) exists, and each child runs the module as
     # `-m` does, with its own flags.
-    proc = subprocess.run([sys.executable, "-c", HELP_FORKS, *COMMANDS],
-                          cwd=REPO,
-                          capture_output=True,
-                          text=True,
-                          timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    self.assertEqual(proc.returncode, 0, proc.stderr)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = self._run_python(HELP_FORKS, *COMMANDS)
     self.assertEqual(result["threads"], 1, "the parent must fork single-threaded")
     self.assertEqual(sorted(result["commands"]), sorted(COMMANDS))
     for name, run in result["commands"].items():
