@@ -212,13 +212,12 @@ def main(argv):
   clips = {}
   for path in paths:
     pixels = load_frames(str(path), scorer.sampler.pixel_size, None)[None]
-    clips[str(path)] = scorer.score(pixels, FLAGS.prompt, FLAGS.noise_samples, FLAGS.seed)
-    figure = f"{str(FLAGS.out).rsplit('.', 1)[0]}_{len(clips) - 1}.png"
-    save_figure(figure, pixels[0], clips[str(path)])
-    clips[str(path)]["figure"] = figure
-    line = ", ".join(f"{f['nats_per_dim']:.3f}" for f in clips[str(path)]["frames"])
-    bits = f" ({clips[str(path)]['bits_per_dim']:.4f} bits/dim)" if "bits_per_dim" in clips[str(path)] else ""
-    print(f"{path}: {clips[str(path)]['nats_per_dim']:.4f} nats/dim{bits}; per frame: {line}")
+    clip = clips[str(path)] = scorer.score(pixels, FLAGS.prompt, FLAGS.noise_samples, FLAGS.seed)
+    clip["figure"] = f"{str(FLAGS.out).rsplit('.', 1)[0]}_{len(clips) - 1}.png"
+    save_figure(clip["figure"], pixels[0], clip)
+    line = ", ".join(f"{f['nats_per_dim']:.3f}" for f in clip["frames"])
+    bits = f" ({clip['bits_per_dim']:.4f} bits/dim)" if "bits_per_dim" in clip else ""
+    print(f"{path}: {clip['nats_per_dim']:.4f} nats/dim{bits}; per frame: {line}")
   report = {
       "model": str(FLAGS.workdir),
       "prompt": FLAGS.prompt,
