@@ -4,9 +4,10 @@
 
 1. Trains experiments/configs/tiny_video.py on the procedural moving-shapes dataset in
    OUT_DIR/workdir (about 6 minutes on a 2-core CPU; rerunning resumes or reuses the result).
-2. Samples a few captioned clips with Jacobi decoding, classifier-free guidance and the
-   flow-score-matching denoiser, plus a clip 3x longer than training (sliding window), and
-   writes MP4, GIF and a PNG grid for each into OUT_DIR/samples.
+2. Samples a few captioned clips with the model's decoding method (sequential for this one),
+   classifier-free guidance and the flow-score-matching denoiser, plus a clip 3x longer than
+   training (sliding window), and writes MP4, GIF and a PNG grid for each into OUT_DIR/samples.
+3. Prints the prompt adherence (colour and direction accuracy, experiments.eval_samples).
 """
 
 import os

@@ -71,10 +71,8 @@ MIN_REPLICA_PARALLEL_BYTES = 1 << 20
 
 def configure_array_writes() -> None:
   """Registers orbax's jax.Array handler with the replica-parallel threshold (idempotent)."""
-  handler = ocp.type_handlers.get_type_handler(jax.Array)
-  if getattr(handler, "_min_slice_bytes_for_replica_parallel", None) != MIN_REPLICA_PARALLEL_BYTES:
-    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES)
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES)
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 def _checkpointer() -> ocp.Checkpointer:

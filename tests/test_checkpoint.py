@@ -1,5 +1,5 @@
-"""Training from pre-encoded latents end to end; how arrays are written. (Restoring onto other meshes and process counts,
-damaged checkpoints and refused architectures: tests/test_multihost.py.)"""
+"""Training from pre-encoded latents end to end; how arrays are written. (Restoring onto other
+meshes and process counts, damaged checkpoints and refused architectures: tests/test_multihost.py.)"""
 
 import os
 

@@ -1,7 +1,7 @@
 """`gs://` paths without a network: epath's testing mock serves gs://bucket/... from a local
 directory, and a guard fails the test if a URL ever reaches os.path or open (a path that was
 treated as local). Covers what the code itself reads and writes; orbax's array data goes through
-tensorstore's own GCS driver, which no mock reaches."""
+tensorstore's own GCS driver, which no mock reaches. Also how the MP4 writer starts ffmpeg."""
 
 import builtins
 import contextlib
